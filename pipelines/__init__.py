@@ -1,0 +1,6 @@
+"""Two-view augmentation over the store: DALI (GPU or CPU backend), the seed's torchvision chain, an OpenCV chain."""
+from pipelines.config import AugmentConfig
+from pipelines.factory import KINDS, best_kind, build_loader
+from pipelines.sampler import EpochSampler
+
+__all__ = ["AugmentConfig", "EpochSampler", "KINDS", "best_kind", "build_loader"]

@@ -1,0 +1,73 @@
+"""build_loader: the one way the training and benchmark code (and outside checks) get a loader.
+
+    loader = build_loader("stores/nih", "dali-gpu", 256, seed=0, rank=rank, world_size=world)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for view1, view2 in loader:   # float32 (B, 1, crop, crop), normalized, on the training device
+            ...
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipelines.config import AugmentConfig
+from pipelines.sampler import EpochSampler
+from preprocess.store import Store, open_store
+
+KINDS = ("dali-gpu", "dali-cpu", "torchvision", "opencv")
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def best_kind() -> str:
+    """The fastest loader this machine can run: dali-gpu, else dali-cpu, else opencv."""
+    if dali_available():
+        return "dali-gpu" if torch.cuda.is_available() else "dali-cpu"
+    return "opencv"
+
+
+def build_loader(store: str | Path | Store, kind: str, batch_size: int, *, config: AugmentConfig | None = None,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True,
+                 num_workers: int | None = None, device: str | torch.device | None = None,
+                 resident: bool = False):
+    """A loader of `kind` over `store`, yielding (view1, view2) on `device`.
+
+    kind: dali-gpu | dali-cpu | torchvision | opencv. config: defaults to AugmentConfig with the store's measured
+    mean/std. num_workers: DataLoader workers (CPU loaders) or DALI CPU threads; default all cores.
+    device: the training device (default: cuda if available, else cpu). resident (dali-gpu only): copy the whole
+    store to GPU memory once and gather batches there.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown loader kind {kind!r}: choose one of {', '.join(KINDS)}")
+    if kind.startswith("dali") and not dali_available():
+        raise ValueError(f"the {kind} loader needs NVIDIA DALI: pip install '.[dali]' "
+                         "(nvidia-dali-cuda120>=2.3), or use --loader torchvision or opencv")
+    if kind == "dali-gpu" and not torch.cuda.is_available():
+        raise ValueError("the dali-gpu loader needs a CUDA GPU and none is visible here: "
+                         "use dali-cpu (DALI's CPU backend), opencv or torchvision")
+    if resident and kind != "dali-gpu":
+        raise ValueError("resident=True (a GPU-resident store) works only with the dali-gpu loader")
+    store = store if isinstance(store, Store) else open_store(store)
+    config = config or AugmentConfig.for_store(store)
+    if config.crop_size > store.size:
+        raise ValueError(f"crop_size {config.crop_size} is larger than the store's images ({store.size}px)")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    sampler = EpochSampler(len(store), batch_size, seed=seed, rank=rank, world_size=world_size,
+                           drop_last=drop_last)
+    if kind.startswith("dali"):
+        from pipelines.dali_loader import DaliLoader
+        return DaliLoader(store, sampler, config, device=kind[5:], num_threads=num_workers, out_device=device,
+                          resident=resident)
+    from pipelines.cpu_loaders import FastCpuLoader, SeedLoader
+    cls = SeedLoader if kind == "torchvision" else FastCpuLoader
+    return cls(store, sampler, config, num_workers=num_workers, out_device=device)

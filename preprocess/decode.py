@@ -1,0 +1,121 @@
+"""Decode one input file (PNG 8/16-bit, JPEG, DICOM) to a 2-D float32 array of its raw stored values.
+
+Nothing is normalized or quantized here: a 16-bit PadChest scan that uses 4,200..18,500 comes back as exactly those
+values, so the normalization in `preprocess.pixels` sees every gray level. Colour images become luminance
+(ITU-R 601 weights, computed in float), alpha is ignored, a palette is expanded first. DICOM goes through pydicom:
+RescaleSlope/Intercept are applied and MONOCHROME1 (white = low value) is inverted to MONOCHROME2.
+
+Anything that cannot be used raises `Rejected` with a one-line reason for `rejects.csv`; callers never see a raw
+PIL or pydicom exception.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class Rejected(Exception):
+    """An input that cannot be stored; `str(exc)` is the reason written to rejects.csv."""
+
+
+def sniff(head: bytes, path: Path) -> str:
+    """The format from the first 132 bytes of the file ('png', 'jpeg', 'dicom'), never from the name alone."""
+    if head.startswith(PNG_MAGIC):
+        return "png"
+    if head.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if head[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
+        return "dicom"
+    return "unknown"
+
+
+def decode(path: str | Path, *, min_side: int = 32) -> np.ndarray:
+    """Decode `path` to float32 (H, W) holding the stored values; raise `Rejected` with the reason otherwise."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as e:
+        raise Rejected(f"unreadable: {e.strerror or e}") from None
+    if not head:
+        raise Rejected("empty file")
+    kind = sniff(head, path)
+    if kind == "unknown":
+        raise Rejected("unsupported file type: content is not PNG, JPEG or DICOM")
+    pixels = _decode_dicom(path, head) if kind == "dicom" else _decode_pil(path, kind)
+    if pixels.ndim != 2:
+        raise Rejected(f"unexpected pixel array shape {pixels.shape}")
+    if min(pixels.shape) < min_side:
+        raise Rejected(f"image too small: {pixels.shape[1]}x{pixels.shape[0]} (minimum side {min_side})")
+    if not np.isfinite(pixels).all():
+        raise Rejected("pixel data holds NaN or infinite values")
+    return pixels
+
+
+def _decode_pil(path: Path, kind: str) -> np.ndarray:
+    fmt = {"png": ["PNG"], "jpeg": ["JPEG"]}[kind]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=fmt) as img:
+                img.load()
+                return _pil_to_float(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise Rejected(f"decompression bomb: more pixels than PIL's limit of {Image.MAX_IMAGE_PIXELS}") from None
+    except Rejected:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
+        raise Rejected(f"truncated or corrupt {kind.upper()}: {e}") from None
+
+
+def _pil_to_float(img: Image.Image) -> np.ndarray:
+    """Luminance in float32 on the stored scale (0..255 for 8-bit, 0..65535 for 16-bit)."""
+    mode = img.mode
+    if mode in ("L", "I", "F") or mode.startswith("I;16"):
+        return np.asarray(img).astype(np.float32)
+    if mode == "1":
+        return np.asarray(img.convert("L"), dtype=np.float32)
+    if mode in ("LA", "La"):
+        return np.asarray(img.getchannel("L"), dtype=np.float32)
+    if mode in ("P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "RGBa"):
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+        return rgb @ LUMA
+    raise Rejected(f"unsupported PIL image mode {mode!r}")
+
+
+def _decode_dicom(path: Path, head: bytes) -> np.ndarray:
+    import pydicom  # a few hundred ms to import: only when a DICOM is met
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, force=head[128:132] != b"DICM")
+    except (InvalidDicomError, Exception) as e:
+        raise Rejected(f"not a readable DICOM: {e}") from None
+    if "PixelData" not in ds:
+        raise Rejected("DICOM has no pixel data")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise Rejected(f"multi-frame DICOM ({frames} frames) is not supported")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:
+        tsuid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        syntax = getattr(tsuid, "name", str(tsuid))
+        raise Rejected(f"cannot decode DICOM pixel data ({syntax}): {str(e).splitlines()[0]}") from None
+    x = arr.astype(np.float32)
+    if x.ndim == 3 and x.shape[-1] in (3, 4):
+        x = x[..., :3] @ LUMA
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    x = x * np.float32(slope) + np.float32(intercept)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        x = (x.min() + x.max()) - x  # white = low value: flip within the image's own range
+    return x
