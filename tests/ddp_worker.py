@@ -1,0 +1,37 @@
+"""Run under torchrun by tests/test_training_ddp.py: training.pretrain.main with a loader that records, from the
+pixels of each view it hands out, which slots this rank trained on (the store's images spell their slot index)."""
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pipelines  # noqa: E402
+from training import pretrain  # noqa: E402
+from training_fixtures import decode_views  # noqa: E402
+
+build = pipelines.build_loader
+seen: list[list[int]] = []
+
+
+class Spy:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __len__(self):
+        return len(self.inner)
+
+    def set_epoch(self, *args, **kwargs):
+        self.inner.set_epoch(*args, **kwargs)
+
+    def __iter__(self):
+        for v1, v2 in self.inner:
+            seen.append(decode_views(v1))
+            yield v1, v2
+
+
+pipelines.build_loader = lambda *a, **k: Spy(build(*a, **k))
+out = Path(os.environ["DDP_RECORD_DIR"])
+rc = pretrain.main(sys.argv[1:])
+(out / f"rank{os.environ['RANK']}.json").write_text(json.dumps({"rc": rc, "batches": seen}))

@@ -1,0 +1,24 @@
+"""The embedded default, as a new user runs it: `python -m training.pretrain` with no arguments in an empty folder
+builds the demo store, trains, says where everything went, and the loss falls."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+
+def test_embedded_default_runs_end_to_end_with_a_falling_loss(tmp_path):
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "training.pretrain"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=900)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "data" / "demo" / "store" / "store.json").exists()
+    run = tmp_path / "runs" / "demo"
+    for name in ("checkpoint.pt", "encoder.pt", "metrics.jsonl"):
+        assert (run / name).exists() and str(run / name).endswith(name) and f"runs/demo/{name}" in proc.stdout
+    losses = [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) >= 4
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.2, losses
+    print(f"embedded default: {seconds:.0f} s, loss {losses[0]:.3f} -> {losses[-1]:.3f}")

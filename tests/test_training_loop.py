@@ -1,0 +1,128 @@
+"""The training loop on CPU: resume matches an uninterrupted run, a kill -9 mid-checkpoint keeps the last one, a
+non-finite loss stops with a loadable checkpoint, encoder.pt fits torchvision's resnet50, the schedule, the logs."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.training_fixtures import tiny_store  # noqa: F401  (fixture)
+from training import checkpoint as ckpt
+from training.loop import lr_at
+from training.pretrain import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def run(store, out, *extra) -> int:
+    return main(["--store", str(store.root), "--arch", "resnet18", "--batch-size", "8", "--crop-size", "32",
+                 "--out", str(out), "--wandb-mode", "disabled", "--log-every", "1", *map(str, extra)])
+
+
+def losses(out) -> list[float]:
+    return [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("loader", ["dali-cpu", "opencv"])
+def test_resumed_run_matches_uninterrupted_run_step_for_step(tiny_store, tmp_path, loader):
+    # 48 images / batch 8 = 6 batches per epoch: 8 steps cross an epoch boundary, the stop falls mid-epoch
+    common = ("--loader", loader, "--workers", "1", "--steps", 8, "--checkpoint-every", 100)
+    assert run(tiny_store, tmp_path / "whole", *common) == 0
+    assert run(tiny_store, tmp_path / "parts", *common, "--stop-after", 3) == 0
+    assert torch.load(tmp_path / "parts" / ckpt.CHECKPOINT, weights_only=True)["step"] == 3
+    assert run(tiny_store, tmp_path / "parts", *common, "--resume") == 0
+    whole, parts = losses(tmp_path / "whole"), losses(tmp_path / "parts")
+    assert len(whole) == len(parts) == 8
+    assert parts == pytest.approx(whole, rel=1e-5, abs=1e-6)
+    a = torch.load(tmp_path / "whole" / ckpt.ENCODER, weights_only=True)
+    b = torch.load(tmp_path / "parts" / ckpt.ENCODER, weights_only=True)
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-6) for k in a)
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
+    path = tmp_path / ckpt.CHECKPOINT
+    ckpt.save_atomic({"step": 1, "w": torch.ones(3)}, path)
+    child = f"""
+import os, signal, torch
+from training import checkpoint
+def dying_save(obj, f, *a, **k):
+    f.write(b"PK\\x03\\x04 half a checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+checkpoint.save_atomic({{"step": 2, "w": torch.zeros(3)}}, {str(path)!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", child])
+    assert proc.returncode == -9
+    saved = ckpt.load(path)
+    assert saved["step"] == 1 and torch.equal(saved["w"], torch.ones(3))
+
+
+def test_non_finite_loss_stops_with_the_step_and_a_loadable_checkpoint(tiny_store, tmp_path, monkeypatch, capsys):
+    from training.methods import SimCLR
+    forward, calls = SimCLR.forward, []
+
+    def planted(self, v1, v2):
+        calls.append(1)
+        loss = forward(self, v1, v2)
+        return loss * float("nan") if len(calls) == 4 else loss
+
+    monkeypatch.setattr(SimCLR, "forward", planted)
+    rc = run(tiny_store, tmp_path, "--loader", "opencv", "--workers", "0", "--steps", 8, "--checkpoint-every", 2,
+             "--log-every", 100)
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "non-finite at step 4" in err and "--resume" in err
+    saved = ckpt.load(tmp_path)
+    assert saved["step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["method"].values() if v.is_floating_point())
+    assert not (tmp_path / ckpt.ENCODER).exists()
+
+
+def test_encoder_loads_into_torchvision_resnet50(tiny_store, tmp_path):
+    import torchvision
+    assert main(["--store", str(tiny_store.root), "--arch", "resnet50", "--batch-size", "4", "--crop-size", "32",
+                 "--steps", "1", "--loader", "opencv", "--workers", "0", "--out", str(tmp_path),
+                 "--wandb-mode", "disabled"]) == 0
+    net = torchvision.models.resnet50()
+    net.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.fc = torch.nn.Identity()
+    result = net.load_state_dict(torch.load(tmp_path / ckpt.ENCODER, weights_only=True), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert net.eval()(torch.randn(3, 1, 64, 64)).shape == (3, 2048)
+
+
+def test_schedule_warms_up_linearly_then_decays_to_zero():
+    peak, total, warmup = 2.0, 100, 10
+    lrs = [lr_at(s, total, peak, warmup) for s in range(total)]
+    assert lrs[:10] == pytest.approx([peak * (s + 1) / 10 for s in range(10)])
+    assert max(lrs) == pytest.approx(peak) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lr_at(total, total, peak, warmup) == pytest.approx(0.0, abs=1e-12)
+    assert lrs[55] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
+
+
+def test_bad_arguments_are_clear_errors(tiny_store, tmp_path, capsys):
+    assert run(tiny_store, tmp_path, "--loader", "opencv", "--aug", "nosuch=1") == 2
+    assert "--aug" in capsys.readouterr().err
+    assert main(["--store", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "no store at" in capsys.readouterr().err
+    assert run(tiny_store, tmp_path, "--loader", "opencv", "--resume", str(tmp_path / "missing.pt")) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--batch-size", "0"])
+
+
+def test_wandb_offline_without_wandb_warns_and_logs_json(tmp_path, monkeypatch, caplog):
+    from training.logs import RunLog
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError, as where it is not installed
+    log = RunLog(tmp_path, wandb_mode="offline")
+    log.log({"step": 1, "loss": 1.5, "gpu_util": None})
+    log.close()
+    assert "wandb is not installed" in caplog.text
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 1, "loss": 1.5, "gpu_util": None}
+    with pytest.raises(ValueError, match="pip install"):
+        RunLog(tmp_path, wandb_mode="online")

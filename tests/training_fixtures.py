@@ -1,0 +1,69 @@
+"""Stores for the training tests (import the fixtures by name into a test module).
+
+  tiny_store      48 synthetic phantoms, 64 px: for the loop's mechanics (resume, non-finite, checkpoints)
+  labelled_store  512 synthetic phantoms (Nodule / Fibrosis / No Finding, NIH-format CSV), 96 px: the learning check
+  coded_store     24 images, 64 px, whose vertical bands spell their slot index in binary: a view of the whole
+                  image (no crop, no photometric change) says which slot it came from
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from preprocess.store import open_store
+
+CODED_N, CODED_BITS = 24, 6
+# every photometric change off and the crop = the whole image, so a view shows its slot's code
+WHOLE_IMAGE_AUG = ["scale=1,1", "ratio=1,1", "flip_p=0", "brightness=0", "contrast=0", "blur_p=0", "noise_std=0"]
+
+
+def _preprocess(*argv) -> None:
+    from preprocess.__main__ import main
+    assert main([str(a) for a in argv] + ["--workers", "2", "--no-progress"]) == 0
+
+
+def _synthetic_store(tmp: Path, n: int, gen_size: int, size: int):
+    from preprocess.synthetic import generate
+    csv = generate(tmp / "raw", n, "nih", seed=0, size=gen_size, workers=2)
+    _preprocess(tmp / "raw" / "images", "--dataset", "nih", "--metadata", csv, "--out", tmp / "store",
+                "--size", size)
+    return open_store(tmp / "store")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    return _synthetic_store(tmp_path_factory.mktemp("tiny"), 48, 128, 64)
+
+
+@pytest.fixture(scope="session")
+def labelled_store(tmp_path_factory):
+    return _synthetic_store(tmp_path_factory.mktemp("labelled"), 512, 256, 96)
+
+
+def code_image(i: int, size: int = 64) -> np.ndarray:
+    """8 vertical bands: white, black (references), then the 6 bits of i, least significant first."""
+    bands = [255, 0] + [255 * ((i >> b) & 1) for b in range(CODED_BITS)]
+    return np.repeat(np.array(bands, dtype=np.uint8), size // 8)[None, :].repeat(size, 0)
+
+
+def decode_views(views) -> list[int]:
+    """Slot indices from views (B, 1, H, W) of coded images (any normalization: compared to the references)."""
+    x = views[:, 0, views.shape[2] // 2, :].float()
+    w = x.shape[1]
+    vals = x[:, [int((b + 0.5) * w / 8) for b in range(8)]]
+    bits = (vals[:, 2:] > (vals[:, :1] + vals[:, 1:2]) / 2).long()
+    return (bits * torch.tensor([1 << b for b in range(CODED_BITS)])).sum(1).tolist()
+
+
+@pytest.fixture(scope="session")
+def coded_store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("coded")
+    (tmp / "in").mkdir()
+    for i in range(CODED_N):
+        Image.fromarray(code_image(i)).save(tmp / "in" / f"img{i:03d}.png")
+    _preprocess(tmp / "in", "--out", tmp / "store", "--size", 64)
+    return open_store(tmp / "store")

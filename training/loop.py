@@ -1,0 +1,99 @@
+"""The training loop: short on purpose, so that runs differ only by their SSL objective or their input pipeline.
+
+Per step: the next pair of views from the loader, one TrainStep (training/step.py), the learning rate from the
+schedule (linear warmup, then cosine decay to 0). The loss stays on the device: `.item()` runs only at a log line,
+and a non-finite loss is noted on the device (the first such step) and acted on at the next log line or checkpoint,
+which is then not written: the last checkpoint on disk stays the last good one.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+from training.logs import RunLog
+
+
+class NonFiniteLoss(RuntimeError):
+    """args[0]: the first step (numbered from 1, as in the logs) whose loss was NaN or infinite."""
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warmup to `peak` over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Meter:
+    """Interval statistics for the log line: mean loss, images/s, fraction of wall time waiting for data."""
+
+    def __init__(self, device, gpu):
+        self.gpu, self.loss = gpu, torch.zeros((), device=device)
+        self.reset()
+
+    def reset(self):
+        self.loss.zero_()
+        self.n, self.images, self.wait, self.t0 = 0, 0, 0.0, time.perf_counter()
+        if self.gpu:
+            self.gpu.reset()
+
+    def record(self, step, epoch, lr) -> dict:
+        dt = time.perf_counter() - self.t0
+        rec = {"step": step, "epoch": epoch, "loss": (self.loss / self.n).item(), "lr": lr,
+               "images_per_s": self.images / dt, "data_wait_frac": self.wait / dt,
+               "gpu_util": self.gpu.summary()["gpu_util_mean"] if self.gpu else None}
+        self.reset()
+        return rec
+
+
+def train(args, d, loader, method, model, opt, peak, state: dict, log: RunLog, save) -> dict:
+    """The loop. `state`: step, epoch, batch (position in the epoch), total, warmup; `save(state)` writes a
+    checkpoint. Runs to the total, or for --stop-after steps in this invocation. Returns the final state."""
+    from training.gpu_monitor import GpuMonitor
+    from training.step import TrainStep
+    total, cuda = state["total"], d.device.type == "cuda"
+    end = min(total, state["step"] + args.stop_after) if args.stop_after else total
+    train_step = TrainStep(method, model, opt, d.device)
+    meter = Meter(d.device, GpuMonitor(device_index=d.local_rank).start() if cuda else None)
+    bad_step = torch.tensor(-1, device=d.device)  # first non-finite step, kept without a sync per step
+    bar = tqdm(total=total, initial=state["step"], disable=not d.main, unit="step", dynamic_ncols=True)
+    while state["step"] < end:
+        loader.set_epoch(state["epoch"], start_batch=state["batch"])
+        batches = iter(loader)
+        while state["step"] < end:
+            t = time.perf_counter()
+            views = next(batches, None)
+            meter.wait += time.perf_counter() - t
+            if views is None:
+                state.update(epoch=state["epoch"] + 1, batch=0)
+                break
+            step = state["step"]
+            loss = train_step(views, step, total, lr_at(step, total, peak, state["warmup"]))
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step + 1, bad_step)  # numbered as in logs
+            meter.loss += loss.float()
+            meter.n, meter.images = meter.n + 1, meter.images + views[0].shape[0] * d.world_size
+            state.update(step=step + 1, batch=state["batch"] + 1)
+            bar.update(1)
+            if state["step"] % args.log_every == 0 or state["step"] == end:
+                _check_finite(bad_step)
+                rec = meter.record(state["step"], state["epoch"], opt.param_groups[0]["lr"])
+                log.log(rec)
+                state.setdefault("losses", []).append(rec["loss"])
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{rec['images_per_s']:.0f}")
+            if state["step"] % args.checkpoint_every == 0 or state["step"] == end:
+                _check_finite(bad_step)
+                save(state)
+    bar.close()
+    if meter.gpu:
+        meter.gpu.close()
+    return state
+
+
+def _check_finite(bad_step: torch.Tensor) -> None:
+    s = int(bad_step.item())
+    if s >= 0:
+        raise NonFiniteLoss(s)
