@@ -66,11 +66,15 @@ def _settings(args, command: str) -> dict:
             "fit": args.fit, "min_side": args.min_side, "command": command}
 
 
+def _changed(old: dict, new: dict) -> list[str]:
+    return [k for k in PLAN_KEYS if old.get(k) != new[k]]
+
+
 def _start_or_resume(args, staging: Staging, command: str) -> None:
     settings = _settings(args, command)
     if staging.exists():
         old = staging.settings()
-        changed = [k for k in PLAN_KEYS if old.get(k) != settings[k]]
+        changed = _changed(old, settings)
         if changed:
             raise ValueError(f"{args.out} holds a partial store started with other settings ({', '.join(changed)}):"
                              f" rerun the original command to resume it, or add --overwrite to start afresh:\n"
@@ -104,10 +108,16 @@ def main(argv=None) -> int:
     out: Path = args.out
     staging = Staging(out)
     try:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file, not a folder: choose another --out")
         if args.overwrite:
             _remove(out)
         elif (out / "store.json").exists() and not staging.exists():
             store = open_store(out)
+            changed = _changed(store.meta.get("settings", {}), _settings(args, command))
+            if "settings" in store.meta and changed:
+                raise ValueError(f"{out} already holds a store built with other settings ({', '.join(changed)}): "
+                                 f"add --overwrite to rebuild it with these, or choose another --out")
             print(f"{out} already holds a finished store ({len(store)} images): nothing to do "
                   f"(add --overwrite to rebuild it)")
             return _preview(args, out)
@@ -121,7 +131,7 @@ def main(argv=None) -> int:
         print(f"\ninterrupted: what was finished is kept; run the same command again to resume:\n  {command}",
               file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+    except (ValueError, OSError) as e:  # bad flags or paths, a full disk: a message, never a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts = meta["counts"]

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from preprocess.decode import Rejected, decode
+from preprocess.decode import Rejected, decode_image
 from preprocess.pixels import to_uint8
 from preprocess.store import Staging
 
@@ -33,7 +33,7 @@ def _init_worker(staging_root: str, rows: list[dict], settings: dict, in_child: 
 def process_one(file: str, settings: dict) -> tuple[np.ndarray | None, dict]:
     """Decode and convert one file: (uint8 image or None, result record)."""
     try:
-        raw = decode(file, min_side=settings["min_side"])
+        raw = decode_image(file, min_side=settings["min_side"])
         img, constant = to_uint8(raw, settings["size"], normalize_method=settings["normalize"],
                                  fit=settings["fit"])
     except Rejected as e:
@@ -56,6 +56,7 @@ def _process_chunk(span: tuple[int, int]) -> tuple[int, list[dict]]:
         if img is not None:
             images[i] = img
         results.append(res)
+    images.flush()  # pixels on disk before the parent records the chunk: a power cut cannot leave a recorded hole
     return start, results
 
 

@@ -1,4 +1,4 @@
-"""Decode one input file (PNG 8/16-bit, JPEG, DICOM) to a 2-D float32 array of its raw stored values.
+"""Decode one input file (PNG 8/16-bit, JPEG, DICOM) to float32 raw stored values: a PIL 'F' image or an array.
 
 Nothing is normalized or quantized here: a 16-bit PadChest scan that uses 4,200..18,500 comes back as exactly those
 values, so the normalization in `preprocess.pixels` sees every gray level. Colour images become luminance
@@ -10,6 +10,10 @@ PIL or pydicom exception.
 """
 from __future__ import annotations
 
+import logging
+import os
+import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -37,10 +41,14 @@ def sniff(head: bytes, path: Path) -> str:
     return "unknown"
 
 
-def decode(path: str | Path, *, min_side: int = 32) -> np.ndarray:
-    """Decode `path` to float32 (H, W) holding the stored values; raise `Rejected` with the reason otherwise."""
+def decode_image(path: str | Path, *, min_side: int = 32) -> Image.Image:
+    """Decode `path` to a PIL image of mode 'F' (float32) holding the stored values; raise `Rejected` otherwise.
+
+    PIL's own float image, so the resize in `preprocess.pixels` reads it without a NumPy round trip."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block open(); a device never ends
+            raise Rejected("not a regular file")
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError as e:
@@ -50,72 +58,86 @@ def decode(path: str | Path, *, min_side: int = 32) -> np.ndarray:
     kind = sniff(head, path)
     if kind == "unknown":
         raise Rejected("unsupported file type: content is not PNG, JPEG or DICOM")
-    pixels = _decode_dicom(path, head) if kind == "dicom" else _decode_pil(path, kind)
-    if pixels.ndim != 2:
-        raise Rejected(f"unexpected pixel array shape {pixels.shape}")
-    if min(pixels.shape) < min_side:
-        raise Rejected(f"image too small: {pixels.shape[1]}x{pixels.shape[0]} (minimum side {min_side})")
-    if not np.isfinite(pixels).all():
-        raise Rejected("pixel data holds NaN or infinite values")
-    return pixels
+    img = _decode_dicom(path, head) if kind == "dicom" else _decode_pil(path, kind)
+    if min(img.size) < min_side:
+        raise Rejected(f"image too small: {img.width}x{img.height} (minimum side {min_side})")
+    return img
 
 
-def _decode_pil(path: Path, kind: str) -> np.ndarray:
+def decode(path: str | Path, *, min_side: int = 32) -> np.ndarray:
+    """Decode `path` to float32 (H, W) holding the stored values; raise `Rejected` with the reason otherwise."""
+    return np.array(decode_image(path, min_side=min_side), dtype=np.float32)
+
+
+def _one_line(e: Exception, limit: int = 300) -> str:
+    """An exception as one line for rejects.csv: whitespace collapsed, object addresses dropped, capped."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", " ".join(str(e).split())) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _decode_pil(path: Path, kind: str) -> Image.Image:
     fmt = {"png": ["PNG"], "jpeg": ["JPEG"]}[kind]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=fmt) as img:
                 img.load()
-                return _pil_to_float(img)
+                return _to_float_image(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise Rejected(f"decompression bomb: more pixels than PIL's limit of {Image.MAX_IMAGE_PIXELS}") from None
     except Rejected:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
-        raise Rejected(f"truncated or corrupt {kind.upper()}: {e}") from None
+        raise Rejected(f"truncated or corrupt {kind.upper()}: {_one_line(e)}") from None
 
 
-def _pil_to_float(img: Image.Image) -> np.ndarray:
-    """Luminance in float32 on the stored scale (0..255 for 8-bit, 0..65535 for 16-bit)."""
+def _to_float_image(img: Image.Image) -> Image.Image:
+    """Luminance as a mode 'F' image on the stored scale (0..255 for 8-bit, 0..65535 for 16-bit)."""
     mode = img.mode
-    if mode in ("L", "I", "F") or mode.startswith("I;16"):
-        return np.asarray(img).astype(np.float32)
-    if mode == "1":
-        return np.asarray(img.convert("L"), dtype=np.float32)
+    if mode in ("L", "I", "F", "1") or mode.startswith("I;16"):
+        return img.convert("F")  # exact: every 8- and 16-bit value is a float32
     if mode in ("LA", "La"):
-        return np.asarray(img.getchannel("L"), dtype=np.float32)
+        return img.getchannel("L").convert("F")
     if mode in ("P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "RGBa"):
         rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
-        return rgb @ LUMA
+        return Image.fromarray(rgb @ LUMA)
     raise Rejected(f"unsupported PIL image mode {mode!r}")
 
 
-def _decode_dicom(path: Path, head: bytes) -> np.ndarray:
+def _decode_dicom(path: Path, head: bytes) -> Image.Image:
     import pydicom  # a few hundred ms to import: only when a DICOM is met
     from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(path, force=head[128:132] != b"DICM")
     except (InvalidDicomError, Exception) as e:
-        raise Rejected(f"not a readable DICOM: {e}") from None
+        raise Rejected(f"not a readable DICOM: {_one_line(e)}") from None
     if "PixelData" not in ds:
         raise Rejected("DICOM has no pixel data")
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise Rejected(f"multi-frame DICOM ({frames} frames) is not supported")
+    quiet = logging.getLogger("pydicom")  # it logs each failed decoder with a traceback; the reason is kept below
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         arr = ds.pixel_array
     except Exception as e:
         tsuid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         syntax = getattr(tsuid, "name", str(tsuid))
-        raise Rejected(f"cannot decode DICOM pixel data ({syntax}): {str(e).splitlines()[0]}") from None
+        raise Rejected(f"cannot decode DICOM pixel data ({syntax}): {_one_line(e)}") from None
+    finally:
+        quiet.setLevel(level)
     x = arr.astype(np.float32)
     if x.ndim == 3 and x.shape[-1] in (3, 4):
         x = x[..., :3] @ LUMA
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     x = x * np.float32(slope) + np.float32(intercept)
+    if x.ndim != 2:
+        raise Rejected(f"unexpected pixel array shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise Rejected("pixel data holds NaN or infinite values")
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         x = (x.min() + x.max()) - x  # white = low value: flip within the image's own range
-    return x
+    return Image.fromarray(np.ascontiguousarray(x, dtype=np.float32))

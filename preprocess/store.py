@@ -5,7 +5,7 @@ This module is the only owner of the store's layout; everything else opens it wi
 Layout of a finished store (see DESIGN.md, "Contracts"):
     images.npy      uint8 (N, S, S), C order: np.load(..., mmap_mode="r") shares it through the page cache
     manifest.csv    one row per slot, in slot order: MANIFEST_FIELDS
-    store.json      format version, N, size, recipe, measured mean/std, counts, command: written last, atomically
+    store.json      format version, N, size, recipe, measured mean/std, counts, command, settings: written last
     rejects.csv     every input that could not be used, with the reason
 
 While it is being built, everything lives in `STORE/.partial/`: the plan (settings and the candidate list, fixed at
@@ -139,6 +139,7 @@ def finalize(root: str | Path, command: str) -> dict:
                    "constant": sum(1 for i in keep if results[i].get("flags") == "constant"),
                    **settings.get("metadata_counts", {})},
         "dataset": settings["dataset"], "inputs": settings["inputs"], "command": command,
+        "settings": {k: v for k, v in settings.items() if k not in ("plan_rejects", "metadata_counts", "command")},
     }
     write_atomic(root / "store.json", json.dumps(meta, indent=1))
     shutil.rmtree(st.dir, ignore_errors=True)
@@ -207,7 +208,10 @@ def open_store(path: str | Path) -> Store:
                              f"rerun the same command to resume it:\n  {cmd}")
         raise FileNotFoundError(f"{root} has no store.json, so it is not a store: build one with "
                                 f"`python -m preprocess INPUT... --out {root}`")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{meta_path} is damaged ({e}): rebuild the store with --overwrite") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{root} is store format {meta.get('format_version')}, this code reads {FORMAT_VERSION}: "
                          "rebuild it with `python -m preprocess ... --overwrite`")
@@ -217,7 +221,7 @@ def open_store(path: str | Path) -> Store:
         images = np.load(images_path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise FileNotFoundError(f"{images_path} is missing: rebuild the store with --overwrite") from None
-    except ValueError as e:  # numpy: "mmap length is greater than file size" for a truncated file
+    except (ValueError, EOFError) as e:  # numpy: "mmap length is greater than file size", "No data left in file"
         raise ValueError(f"{images_path} is truncated or damaged ({e}): rebuild the store with --overwrite") from None
     if images.dtype != np.uint8 or images.shape != (n, h, w) or not images.flags.c_contiguous:
         raise ValueError(f"{images_path} holds {images.dtype} {images.shape}, but store.json says uint8 "
