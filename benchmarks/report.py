@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FIGURES = ("images_per_s", "step_ms_p50", "step_ms_p95", "cpu_cores_busy", "gpu_util_mean",
+FIGURES = ("images_per_s", "images_per_s_per_core", "per_core_ratio_vs_torchvision", "step_ms_p50", "step_ms_p95", "cpu_cores_busy", "gpu_util_mean",
            "gpu_mem_used_max_mib", "workers_private_dirty_mib", "time_to_first_batch_s", "ratio_vs_torchvision")
 TRAIN_FIGURES = ("data_wait_frac", "ratio_to_ceiling")
-NULLABLE = {"gpu_util_mean", "gpu_mem_used_max_mib", "ratio_vs_torchvision", "ratio_to_ceiling"}
+NULLABLE = {"gpu_util_mean", "gpu_mem_used_max_mib", "ratio_vs_torchvision", "per_core_ratio_vs_torchvision",
+            "ratio_to_ceiling"}
 
 _num = {"type": "number"}
 _num_or_null = {"type": ["number", "null"]}
@@ -44,8 +45,11 @@ def assemble(args, store, results: list[dict], sweep: list[dict], machine: dict)
         rows = [r for r in results if r["mode"] == mode and "skipped" not in r]
         base = next((r["images_per_s"] for r in rows if r["loader"] == "torchvision"), None)
         top = next((r["images_per_s"] for r in rows if r["loader"] == "ceiling"), None)
+        base_core = next((_per_core(r) for r in rows if r["loader"] == "torchvision"), None)
         for r in rows:
+            r["images_per_s_per_core"] = _per_core(r)
             r["ratio_vs_torchvision"] = r["images_per_s"] / base if base else None
+            r["per_core_ratio_vs_torchvision"] = r["images_per_s_per_core"] / base_core if base_core else None
             if mode == "train":
                 r["ratio_to_ceiling"] = r["images_per_s"] / top if top else None
     settings = {k: getattr(args, k) for k in ("batch_size", "steps", "warmup", "workers", "crop_size", "arch",
@@ -54,6 +58,11 @@ def assemble(args, store, results: list[dict], sweep: list[dict], machine: dict)
                          "mib": round(store.images.nbytes / 2**20, 1)}
     return {"schema": "loader_throughput/1", "machine": machine, "settings": settings, "results": results,
             "sweep": sweep}
+
+
+def _per_core(r: dict) -> float:
+    """images/s per busy core: throughput divided by the CPU the whole process tree burnt to get it."""
+    return r["images_per_s"] / max(r["cpu_cores_busy"], 1e-9)
 
 
 def _fmt(v, spec=".1f") -> str:
@@ -68,15 +77,16 @@ def line(r: dict) -> str:
 
 
 def table(doc: dict) -> str:
-    head = ("| mode | loader | images/s | x torchvision | x ceiling | wait for data | step p50 / p95 ms | CPU cores "
+    head = ("| mode | loader | images/s | x torchvision | per core | x torchvision per core | x ceiling | wait for data | step p50 / p95 ms | CPU cores "
             "busy | GPU util % | GPU mem MiB | workers' private MiB | first batch s |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in doc["results"]:
         if "skipped" in r:
-            rows.append(f"| {r['mode']} | {r['loader']} | skipped: {r['skipped']} |" + " |" * 9)
+            rows.append(f"| {r['mode']} | {r['loader']} | skipped: {r['skipped']} |" + " |" * 11)
             continue
         rows.append(
             f"| {r['mode']} | {r['loader']} | {r['images_per_s']:.1f} | {_fmt(r['ratio_vs_torchvision'], '.2f')} | "
+            f"{r['images_per_s_per_core']:.1f} | {_fmt(r['per_core_ratio_vs_torchvision'], '.2f')} | "
             f"{_fmt(r.get('ratio_to_ceiling'), '.3f')} | {_fmt(r.get('data_wait_frac'), '.3f')} | "
             f"{r['step_ms_p50']:.1f} / {r['step_ms_p95']:.1f} | {r['cpu_cores_busy']:.2f} | "
             f"{_fmt(r['gpu_util_mean'])} | {_fmt(r['gpu_mem_used_max_mib'], '.0f')} | "

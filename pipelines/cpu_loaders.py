@@ -10,12 +10,18 @@ device (`pipelines.photometric`), with the same parameter draws as the DALI load
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import weakref
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+# at the top, not in seed_transform: a first import inside a loader's constructor leaves cyclic garbage (frames)
+# that keeps the loader, and so its worker processes, alive until the next garbage collection
+from torchvision import transforms as T
 
 from pipelines.config import AugmentConfig
 from pipelines.params import NO_BLUR_SIGMA, draw
@@ -35,8 +41,6 @@ class AddGaussianNoise:
 
 def seed_transform(config: AugmentConfig):
     """The seed's torchvision chain, with every number taken from `config`."""
-    from torchvision import transforms as T
-
     def maybe(p, t):
         return t if p >= 1 else T.RandomApply([t], p=p)
 
@@ -103,6 +107,21 @@ def _init_worker(_):
         pass
 
 
+@contextlib.contextmanager
+def _opencv_fork_safe():
+    """Stop OpenCV's thread pool in this process while workers are forked: a child that resizes an inherited pool
+    (setNumThreads in _init_worker) waits forever on the parent's idle threads, which it does not have."""
+    cv2 = sys.modules.get("cv2")
+    threads = cv2.getNumThreads() if cv2 is not None else None
+    if threads is not None:
+        cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            cv2.setNumThreads(threads)
+
+
 class _CpuLoader:
     """Shared DataLoader plumbing: the sampler's batches for the current epoch become work items."""
 
@@ -121,19 +140,22 @@ class _CpuLoader:
             self.loader = DataLoader(dataset, batch_sampler=self._Items(self), **opts)
 
     class _Items:
+        # holds the loader weakly: a loader <-> DataLoader cycle would leave the DataLoader iterator to the cyclic GC,
+        # which may close its queues before it stops the workers (each then waits out a 5 s join, with errors), and
+        # even fork a dropped loader's iterator into the next loader's workers
         def __init__(self, owner):
-            self.owner = owner
+            self.owner = weakref.ref(owner)
 
         def __len__(self):
-            return len(self.owner.sampler) - self.owner.start_batch
+            return len(self.owner().sampler) - self.owner().start_batch
 
         def __iter__(self):
-            o = self.owner
-            for j, slots in enumerate(o.sampler.batches(o.epoch)[o.start_batch:], start=o.start_batch):
-                if o.batched:
-                    yield slots, o._key(j)
-                else:
-                    yield [(o.epoch, int(s)) for s in slots]
+            # the work items are listed up front: a generator suspended in the DataLoader would hold the loader
+            o = self.owner()
+            batches = enumerate(o.sampler.batches(o.epoch)[o.start_batch:], start=o.start_batch)
+            if o.batched:
+                return iter([(slots, o._key(j)) for j, slots in batches])
+            return iter([[(o.epoch, int(s)) for s in slots] for _, slots in batches])
 
     def _key(self, j: int, *extra: int) -> int:
         return key(self.sampler.seed, self.sampler.rank, self.epoch, j, *extra)
@@ -144,13 +166,27 @@ class _CpuLoader:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
+    def _epoch_iter(self):
+        """The DataLoader's iterator for this epoch (the first one forks the persistent workers)."""
+        if self.loader.num_workers == 0:
+            return iter(self.loader)
+        with _opencv_fork_safe():
+            return iter(self.loader)
+
+    def close(self) -> None:
+        """Stop the worker processes now (they are persistent across epochs)."""
+        it = getattr(self.loader, "_iterator", None)  # DataLoader keeps its persistent-worker iterator here
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None
+
 
 class SeedLoader(_CpuLoader):
     def __init__(self, store, sampler, config, *, num_workers=None, out_device=torch.device("cpu")):
         super().__init__(_SeedViews(store.images, config, sampler.seed), sampler, num_workers, out_device, False)
 
     def __iter__(self):
-        for v1, v2 in self.loader:
+        for v1, v2 in self._epoch_iter():
             yield v1.to(self.out_device, non_blocking=True), v2.to(self.out_device, non_blocking=True)
         self.start_batch = 0
 
@@ -161,7 +197,7 @@ class FastCpuLoader(_CpuLoader):
         self.config, self.size = config, store.size
 
     def __iter__(self):
-        for j, views in enumerate(self.loader, start=self.start_batch):
+        for j, views in enumerate(self._epoch_iter(), start=self.start_batch):
             b = views.shape[0] // 2
             views = views.to(self.out_device, non_blocking=True).unsqueeze(1)
             p = draw(self.config, self._key(j), 2 * b, self.size, self.size)

@@ -77,6 +77,10 @@ class DaliLoader:
         """Next iteration runs `epoch`, from batch `start_batch` (to resume mid-epoch)."""
         self.epoch, self.start_batch = epoch, start_batch
 
+    def close(self) -> None:
+        """Release the DALI pipeline (its threads and buffers) now."""
+        self._iterator, self._finished_epoch = None, True
+
     def _key(self, j: int, *extra: int) -> int:
         return key(self.sampler.seed, self.sampler.rank, self.epoch, j, *extra)
 
@@ -89,7 +93,9 @@ class DaliLoader:
         if self.resident is None:
             return self.store.images[idx][..., None]
         with torch.cuda.stream(self._stream):
-            batch = self.resident.index_select(0, torch.from_numpy(idx).cuda(non_blocking=True)).unsqueeze(-1)
+            # to the store's GPU, not .cuda(): the current device may be another one (rank > 0 of a node)
+            idx = torch.from_numpy(idx).to(self.resident.device, non_blocking=True)
+            batch = self.resident.index_select(0, idx).unsqueeze(-1)
         self._stream.synchronize()
         return batch
 

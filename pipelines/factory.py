@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import gc
+import sys
 from pathlib import Path
 
 import torch
@@ -68,6 +70,12 @@ def build_loader(store: str | Path | Store, kind: str, batch_size: int, *, confi
         from pipelines.dali_loader import DaliLoader
         return DaliLoader(store, sampler, config, device=kind[5:], num_threads=num_workers, out_device=device,
                           resident=resident)
+    first_import = "pipelines.cpu_loaders" not in sys.modules
     from pipelines.cpu_loaders import FastCpuLoader, SeedLoader
+    if first_import:
+        # importing torchvision leaves cyclic garbage that holds the importing frames, the caller's among them: a
+        # loader that frame goes on to hold would outlive it until some later collection, which then stops its
+        # workers in an arbitrary order (5 s per worker). Collect that garbage now, while it holds no loader.
+        gc.collect()
     cls = SeedLoader if kind == "torchvision" else FastCpuLoader
     return cls(store, sampler, config, num_workers=num_workers, out_device=device)
