@@ -33,10 +33,9 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from benchmarks.preprocess_stages import stages
 from preprocess.build import process_one
-from preprocess.decode import decode_image
 from preprocess.inputs import discover
-from preprocess.pixels import resize, value_range
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 METHODS = ("seed", "ours", "ours-cli")
@@ -131,38 +130,6 @@ def timed(fn, *args, repeats: int) -> tuple[list[float], list[float], list[float
             cpu.append(cpu_seconds() - c0)
             others.append(max(0.0, machine_busy_seconds() - b0 - cpu[-1]) / wall[-1])
     return wall, cpu, others
-
-
-def stages(files: list[str], size: int) -> dict[str, dict[str, float]]:
-    """Per-image milliseconds of each step, one worker, for ours (as `to_uint8` runs it) and the seed's recipe."""
-    ours = {"decode to float": 0.0, "range": 0.0, "resize": 0.0, "normalize+round": 0.0}
-    seed = {"decode": 0.0, "normalize+quantize": 0.0, "resize": 0.0, "png save": 0.0}
-    with tempfile.TemporaryDirectory() as tmp:
-        for f in files:
-            t = [time.perf_counter()]
-            img = decode_image(f)
-            t.append(time.perf_counter())
-            lo, hi = value_range(img)
-            t.append(time.perf_counter())
-            y = resize(img, size)
-            t.append(time.perf_counter())
-            np.clip(np.rint((y - np.float32(lo)) * np.float32(255 / (hi - lo))), 0, 255).astype(np.uint8)
-            t.append(time.perf_counter())
-            with Image.open(f) as im:
-                a = np.asarray(im).astype(np.float32)
-            t.append(time.perf_counter())
-            q = ((a - a.min()) / (a.max() - a.min()) * 255).astype(np.uint8)
-            t.append(time.perf_counter())
-            small = Image.fromarray(q).resize((size, size), Image.LANCZOS)
-            t.append(time.perf_counter())
-            small.save(Path(tmp) / "x.png")
-            t.append(time.perf_counter())
-            steps = np.diff(t)
-            for d, part in ((ours, steps[:4]), (seed, steps[4:])):
-                for key, dt in zip(d, part):
-                    d[key] += dt
-    n = len(files)
-    return {name: {k: round(1000 * v / n, 2) for k, v in d.items()} for name, d in (("ours", ours), ("seed", seed))}
 
 
 def synthetic_inputs(n: int, kind: str, px: int, cache: Path) -> Path:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from pipelines.config import AugmentConfig
-from pipelines.params import NO_BLUR_SIGMA, draw
+from pipelines.params import draw
 from pipelines.photometric import finish
 from pipelines.sampler import EpochSampler, key
 
@@ -72,7 +72,7 @@ class _SeedViews(Dataset):
 
 class _FastViews(Dataset):
     def __init__(self, images, config: AugmentConfig):
-        self.images, self.config = images, config
+        self.images, self.config, self.finish_here = images, config, False
 
     def __len__(self):
         return len(self.images)
@@ -80,8 +80,8 @@ class _FastViews(Dataset):
     def __getitem__(self, item):
         import cv2
 
-        slots, seed = item
-        c, k = self.config.crop_size, self.config.blur_kernel
+        slots, seed, noise_seed = item
+        c = self.config.crop_size
         src = self.images[slots]  # one gather of the whole batch
         b = len(slots)
         p = draw(self.config, seed, 2 * b, src.shape[1], src.shape[2])
@@ -90,13 +90,16 @@ class _FastViews(Dataset):
             top, left, h, w = p.crop[v]
             interp = cv2.INTER_AREA if h > c and w > c else cv2.INTER_LINEAR
             view = cv2.resize(src[v % b, top:top + h, left:left + w], (c, c), interpolation=interp)
-            if p.sigma[v] > NO_BLUR_SIGMA:
-                view = cv2.GaussianBlur(view, (k, k), sigmaX=float(p.sigma[v]), borderType=cv2.BORDER_REFLECT_101)
+            if p.window[v] > 1:
+                w = int(p.window[v])
+                view = cv2.GaussianBlur(view, (w, w), sigmaX=float(p.sigma[v]), borderType=cv2.BORDER_REFLECT_101)
             if p.flip[v]:
                 cv2.flip(view, 1, dst=out[v])
             else:
                 out[v] = view
-        return torch.from_numpy(out)
+        views = torch.from_numpy(out).unsqueeze(1)
+        # for a CPU training device the float end runs here, in parallel workers; for a GPU, on the GPU
+        return finish(views, p, self.config, noise_seed) if self.finish_here else views
 
 
 def _init_worker(_):
@@ -154,7 +157,7 @@ class _CpuLoader:
             o = self.owner()
             batches = enumerate(o.sampler.batches(o.epoch)[o.start_batch:], start=o.start_batch)
             if o.batched:
-                return iter([(slots, o._key(j)) for j, slots in batches])
+                return iter([(slots, o._key(j), o._key(j, 1)) for j, slots in batches])
             return iter([[(o.epoch, int(s)) for s in slots] for _, slots in batches])
 
     def _key(self, j: int, *extra: int) -> int:
@@ -193,14 +196,16 @@ class SeedLoader(_CpuLoader):
 
 class FastCpuLoader(_CpuLoader):
     def __init__(self, store, sampler, config, *, num_workers=None, out_device=torch.device("cpu")):
-        super().__init__(_FastViews(store.images, config), sampler, num_workers, out_device, True)
-        self.config, self.size = config, store.size
+        views = _FastViews(store.images, config)
+        views.finish_here = out_device.type == "cpu"
+        super().__init__(views, sampler, num_workers, out_device, True)
+        self.config, self.size, self.finish_here = config, store.size, views.finish_here
 
     def __iter__(self):
-        for j, views in enumerate(self._epoch_iter(), start=self.start_batch):
-            b = views.shape[0] // 2
-            views = views.to(self.out_device, non_blocking=True).unsqueeze(1)
-            p = draw(self.config, self._key(j), 2 * b, self.size, self.size)
-            x = finish(views, p, self.config, self._key(j, 1))
+        for j, x in enumerate(self._epoch_iter(), start=self.start_batch):
+            b = x.shape[0] // 2
+            if not self.finish_here:
+                p = draw(self.config, self._key(j), 2 * b, self.size, self.size)
+                x = finish(x.to(self.out_device, non_blocking=True), p, self.config, self._key(j, 1))
             yield x[:b], x[b:]
         self.start_batch = 0

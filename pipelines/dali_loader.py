@@ -28,20 +28,21 @@ from pipelines.photometric import finish
 from pipelines.sampler import EpochSampler, key
 
 
-def _pipeline(feed_images, feed_params, *, batch_size, crop, kernel, device, resident, num_threads, device_id):
+def _pipeline(feed_images, feed_params, *, batch_size, crop, device, resident, num_threads, device_id):
     from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=2)
     def two_views():
         images = fn.external_source(source=feed_images, batch=True, layout="HWC", dtype=types.UINT8, ndim=3,
                                     device="gpu" if resident else "cpu")
-        params = fn.external_source(source=feed_params, batch=True, num_outputs=6, dtype=types.FLOAT)
+        params = fn.external_source(source=feed_params, batch=True, num_outputs=8,
+                                    dtype=[types.FLOAT, types.FLOAT, types.FLOAT, types.INT32] * 2)
         if device == "gpu" and not resident:
             images = images.gpu()
         views = []
-        for roi_start, roi_end, sigma in (params[0:3], params[3:6]):
+        for roi_start, roi_end, sigma, window in (params[0:4], params[4:8]):
             v = fn.resize(images, size=(crop, crop), roi_start=roi_start, roi_end=roi_end, antialias=True)
-            views.append(fn.gaussian_blur(v, window_size=kernel, sigma=sigma))
+            views.append(fn.gaussian_blur(v, window_size=window, sigma=sigma))
         return tuple(views)
 
     return two_views()
@@ -108,7 +109,7 @@ class DaliLoader:
         p = draw(self.config, self._key(j), 2 * b, self.store.size, self.store.size)
         self._params[j] = p
         start, end = p.roi()
-        return start[:b], end[:b], p.sigma[:b], start[b:], end[b:], p.sigma[b:]
+        return (start[:b], end[:b], p.sigma[:b], p.window[:b], start[b:], end[b:], p.sigma[b:], p.window[b:])
 
     def _build(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -117,7 +118,7 @@ class DaliLoader:
         # GC, which may then run DALI's shutdown inside a forked DataLoader worker and hang it
         ref = weakref.ref(self)
         pipe = _pipeline(lambda: ref()._feed_images(), lambda: ref()._feed_params(), batch_size=self.sampler.batch_size,
-                         crop=self.config.crop_size, kernel=self.config.blur_kernel, device=self.device,
+                         crop=self.config.crop_size, device=self.device,
                          resident=self.resident is not None, num_threads=self.num_threads, device_id=self.device_id)
         pipe.build()
         return DALIGenericIterator([pipe], ["view1", "view2"], auto_reset=False, prepare_first_batch=False,

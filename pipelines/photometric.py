@@ -22,15 +22,21 @@ def _per_view(values, device: torch.device) -> torch.Tensor:
 
 
 def finish(views: torch.Tensor, params: ViewParams, config: AugmentConfig, seed: int) -> torch.Tensor:
-    """uint8 (V, 1, H, W) -> normalized float32 (V, 1, H, W) on the same device."""
-    device = views.device
-    x = views.to(torch.float32).mul_(1 / 255)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = x.sub_(mean).mul_(_per_view(params.contrast, device)).add_(mean)
-    x = x.mul_(_per_view(params.brightness, device)).clamp_(0.0, 1.0)
+    """uint8 (V, 1, H, W) -> normalized float32 (V, 1, H, W) on the same device.
+
+    Jitter and normalization are one per-view affine map (then the clamp, in normalized units), so the whole float
+    end is four passes over the views plus the noise: x = clamp(x * a + o) + noise * s.
+    """
+    device, m, sd = views.device, config.mean, config.std
+    x = views.to(torch.float32)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)  # the view's mean, 0..255, for the contrast blend
+    b, c = _per_view(params.brightness, device), _per_view(params.contrast, device)
+    # b * (c * x + (1 - c) * mean) / 255, then (. - m) / sd
+    x = x.mul_(b * c / (255 * sd)).add_((b * (1 - c) * mean / 255 - m) / sd)
+    x = x.clamp_(-m / sd, (1 - m) / sd)
     if config.noise_std > 0 and config.noise_p > 0:
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
         noise = torch.randn(x.shape, generator=gen, device=device, dtype=torch.float32)
-        x = x.add_(noise.mul_(_per_view(params.noise, device)))
-    return x.sub_(config.mean).div_(config.std)
+        x = x.addcmul_(noise, _per_view(params.noise / sd, device))
+    return x

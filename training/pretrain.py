@@ -92,9 +92,12 @@ def _plain(d: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.store is None:
-        args.store = demo.ensure_store()
     d = distributed.init(args.device)
+    if args.store is None:
+        if d.main:  # one rank builds the demo store, the others wait for it
+            demo.ensure_store()
+        distributed.barrier()
+        args.store = demo.DEMO_ROOT / "store"
     args.out = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         loader, method, model, opt, peak = setup(args, d)

@@ -1,0 +1,48 @@
+"""The shared float end (pipelines.photometric.finish) against a plain reference, and the blur window cut at 4 sigma
+against the seed's full 23-tap kernel."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipelines.config import AugmentConfig
+from pipelines.params import blur_window, draw
+from pipelines.photometric import finish
+
+
+def reference(views_u8: np.ndarray, b, c, noise_std, noise, mean, std) -> np.ndarray:
+    """torchvision's ColorJitter maths written out per view: contrast about the view mean, brightness, clamp,
+    then the seed's noise and Normalize."""
+    out = []
+    for v, bb, cc, s, n in zip(views_u8.astype(np.float64) / 255, b, c, noise_std, noise):
+        x = cc * v + (1 - cc) * v.mean()
+        x = np.clip(bb * x, 0, 1)
+        out.append((x + s * n - mean) / std)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("noise_std", [0.0, 0.1])
+def test_finish_matches_the_reference(noise_std):
+    config = AugmentConfig(crop_size=32, noise_std=noise_std, mean=0.45, std=0.27)
+    views = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (12, 1, 32, 32), dtype=np.uint8))
+    p = draw(config, 7, 12, 64, 64)
+    got = finish(views, p, config, seed=3).numpy()
+    gen = torch.Generator().manual_seed(3)
+    noise = torch.randn(views.shape, generator=gen).numpy()
+    want = reference(views.numpy(), p.brightness, p.contrast, p.noise, noise, config.mean, config.std)
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert (p.brightness != 1).all() and (p.contrast != 1).all()  # the jitter really ran
+
+
+def test_blur_window_cut_at_four_sigma_matches_the_full_kernel():
+    img = np.random.default_rng(1).integers(0, 256, (224, 224), dtype=np.uint8)
+    sigmas = np.array([0.1, 0.5, 1.0, 1.5, 2.0], dtype=np.float32)
+    windows = blur_window(sigmas, 23)
+    assert windows.tolist() == [3, 5, 9, 13, 17] and (windows % 2 == 1).all()
+    for s, w in zip(sigmas, windows):
+        full = cv2.GaussianBlur(img, (23, 23), sigmaX=float(s), borderType=cv2.BORDER_REFLECT_101)
+        cut = cv2.GaussianBlur(img, (int(w), int(w)), sigmaX=float(s), borderType=cv2.BORDER_REFLECT_101)
+        assert np.abs(full.astype(int) - cut.astype(int)).max() <= 1
+    assert blur_window(np.array([5.0]), 23).tolist() == [23]  # never more than the configured kernel
