@@ -40,7 +40,8 @@ def parse_args(argv=None):
                                                                   "(default: loader)")
     a("--batch-size", type=int, default=256, help="batch size (default: 256)")
     a("--steps", type=int, default=50, help="timed batches per loader (default: 50)")
-    a("--warmup", type=int, default=10, help="untimed batches first (default: 10)")
+    a("--warmup", type=int, default=10, help="untimed batches first (default: 10; the CPU loaders take at least "
+                                            "4 x workers + 2, to get past their prefetch queue)")
     a("--workers", type=int, default=os.cpu_count(), help=f"CPU workers / DALI threads (default: all cores, "
                                                            f"here {os.cpu_count()})")
     a("--arch", default="resnet50", help="backbone for --mode train (default: resnet50)")
@@ -93,8 +94,9 @@ def timed(batches, args, device, step_fn, gpu) -> dict:
     sync(device)
     if gpu:
         gpu.reset()
-    pids, cpu0 = measure.worker_pids(), measure.cpu_seconds()
-    mem0 = measure.private_dirty_mib(pids)
+    pids = measure.worker_pids()
+    mem0 = measure.private_dirty_mib(pids)  # before the CPU reading: reading smaps costs CPU time
+    cpu0 = measure.cpu_seconds()
     stamps, wait = [time.perf_counter()], 0.0
     for _ in range(args.steps):
         t = time.perf_counter()
@@ -103,13 +105,13 @@ def timed(batches, args, device, step_fn, gpu) -> dict:
         step_fn(views)
         stamps.append(time.perf_counter())
     sync(device)
-    wall = time.perf_counter() - stamps[0]
+    wall, cpu = time.perf_counter() - stamps[0], measure.cpu_used(cpu0, measure.cpu_seconds())
     steps_ms = np.diff(stamps) * 1000
     g = gpu.summary() if gpu else {}
     mem1 = measure.private_dirty_mib(pids)
     return {"images_per_s": args.steps * args.batch_size / wall, "step_ms_p50": float(np.percentile(steps_ms, 50)),
             "step_ms_p95": float(np.percentile(steps_ms, 95)), "seconds": wall,
-            "cpu_cores_busy": measure.cpu_used(cpu0, measure.cpu_seconds()) / wall,
+            "cpu_cores_busy": cpu / wall,
             "gpu_util_mean": g.get("gpu_util_mean"), "gpu_mem_used_max_mib": g.get("gpu_mem_used_max_mib"),
             "worker_processes": len(pids), "workers_private_dirty_mib": mem1,
             "workers_private_growth_mib": mem1 - mem0, "data_wait_frac": wait / wall}
@@ -128,6 +130,10 @@ def run_one(store, kind, mode, args, device, gpu, step_fn=None, resident=False) 
         return {"mode": mode, "loader": name, "skipped": str(e)}
     ttfb = time.perf_counter() - t0
     consume = step_fn if mode == "train" else (lambda views: None)
+    # warm up past the DataLoader's prefetch queue (up to 4 batches per worker): otherwise the timed stage would
+    # partly consume batches made before it started
+    if kind in ("torchvision", "opencv"):
+        args = argparse.Namespace(**{**vars(args), "warmup": max(args.warmup, 4 * args.workers + 2)})
     res = timed(itertools.chain([first], batches), args, device, consume, gpu)
     batches.close()
     loader.close()  # stop its workers now, not when the garbage collector gets to them (maybe in a forked child)

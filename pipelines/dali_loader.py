@@ -66,7 +66,9 @@ class DaliLoader:
         self.resident = None
         if resident:
             with torch.cuda.device(self.device_id):
-                self.resident = torch.from_numpy(np.ascontiguousarray(store.images)).cuda()
+                self.resident = torch.empty(store.images.shape, dtype=torch.uint8, device="cuda")
+                for s in range(0, len(store), 4096):  # in blocks: no second host copy of a 7 GB store
+                    self.resident[s:s + 4096].copy_(torch.from_numpy(np.asarray(store.images[s:s + 4096])))
                 self._stream = torch.cuda.Stream()
         self.epoch, self.start_batch = 0, 0
         self._iterator, self._finished_epoch = None, True
