@@ -109,10 +109,13 @@ def chart(doc: dict, path: Path) -> Path:
         rows = [r for r in doc["results"] if r["mode"] == mode and "skipped" not in r]
         names = [r["loader"] for r in rows]
         x = range(len(rows))
-        ax.bar(x, [r["images_per_s"] for r in rows], color="tab:blue")
+        rates = [r["images_per_s"] for r in rows]
+        bars = ax.bar(x, rates, color="tab:blue")
+        ax.bar_label(bars, [f"{v:,.0f}" if v >= 100 else f"{v:.1f}" for v in rates], fontsize=8)
         ax.set_xticks(list(x), names, rotation=20, ha="right")
         ax.set_ylabel("images/s (pairs of views)")
-        ax.set_yscale("log")
+        if rates and max(rates) > 20 * min(rates):  # a log axis only where the range needs one
+            ax.set_yscale("log")
         ax.set_title(f"{mode} mode, batch {doc['settings']['batch_size']}")
         util = [r["gpu_util_mean"] for r in rows]
         ax2 = ax.twinx()

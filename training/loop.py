@@ -45,9 +45,17 @@ class Meter:
         dt = time.perf_counter() - self.t0
         rec = {"step": step, "epoch": epoch, "loss": (self.loss / self.n).item(), "lr": lr,
                "images_per_s": self.images / dt, "data_wait_frac": self.wait / dt,
-               "gpu_util": self.gpu.summary()["gpu_util_mean"] if self.gpu else None}
+               "gpu_util": self._gpu_util()}
         self.reset()
         return rec
+
+    def _gpu_util(self):
+        """Mean NVML utilisation over the interval (one sample taken now if the interval was shorter than one)."""
+        if not self.gpu:
+            return None
+        if not self.gpu.summary()["samples"]:
+            self.gpu.sample_once()
+        return self.gpu.summary()["gpu_util_mean"]
 
 
 def train(args, d, loader, method, model, opt, peak, state: dict, log: RunLog, save) -> dict:
