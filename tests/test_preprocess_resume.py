@@ -59,7 +59,10 @@ def _chunks_recorded(out: Path) -> int:
 
 def _stop_midway(command: list[str], out: Path, sig: int) -> tuple[subprocess.Popen, list[psutil.Process]]:
     """Start the command, wait until two chunks are recorded, send `sig`; return the process and its workers."""
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell starts background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN: give the child the
+    # default disposition, as a terminal would, so that Python turns SIGINT into KeyboardInterrupt
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while _chunks_recorded(out) < 2:
         assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
