@@ -7,7 +7,7 @@
 set -uo pipefail
 OUT=${1:?usage: bash benchmarks/gpu_check.sh OUT}
 N=${N:-8192} PX=${PX:-1024} BATCH=${BATCH:-256} STEPS=${STEPS:-300} ARCH=${ARCH:-resnet50} CROP=${CROP:-224}
-BENCH_STEPS=${BENCH_STEPS:-50} TV_WORKERS=${TV_WORKERS:-14}
+BENCH_STEPS=${BENCH_STEPS:-200} TV_WORKERS=${TV_WORKERS:-14}
 mkdir -p "$OUT"
 DATA=${DATA:-/tmp/scarce-gpu-check}
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/progress.log"; }
