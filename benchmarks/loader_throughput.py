@@ -39,7 +39,9 @@ def parse_args(argv=None):
     a("--mode", choices=(*MODES, "both"), default="loader", help="loader alone, with a training step, or both "
                                                                   "(default: loader)")
     a("--batch-size", type=int, default=256, help="batch size (default: 256)")
-    a("--steps", type=int, default=50, help="timed batches per loader (default: 50)")
+    a("--steps", type=int, default=50, help="timed batches per loader, at least (default: 50)")
+    a("--min-seconds", type=float, default=3.0, help="the timed stage lasts at least this long, in more batches if "
+                                                     "needed, so that CPU readings are exact (default: 3)")
     a("--warmup", type=int, default=10, help="untimed batches first (default: 10; the CPU loaders take at least "
                                             "4 x workers + 2, to get past their prefetch queue)")
     a("--workers", type=int, default=os.cpu_count(), help=f"CPU workers / DALI threads (default: all cores, "
@@ -98,7 +100,9 @@ def timed(batches, args, device, step_fn, gpu) -> dict:
     mem0 = measure.private_dirty_mib(pids)  # before the CPU reading: reading smaps costs CPU time
     cpu0 = measure.cpu_seconds()
     stamps, wait = [time.perf_counter()], 0.0
-    for _ in range(args.steps):
+    # at least --steps batches and at least --min-seconds: a fast loader's CPU reading (the kernel counts CPU time
+    # in 10 ms ticks) needs a stage of seconds, not the 0.1 s that 20 opencv batches take
+    while len(stamps) <= args.steps or stamps[-1] - stamps[0] < args.min_seconds:
         t = time.perf_counter()
         views = next(batches)
         wait += time.perf_counter() - t
@@ -109,7 +113,9 @@ def timed(batches, args, device, step_fn, gpu) -> dict:
     steps_ms = np.diff(stamps) * 1000
     g = gpu.summary() if gpu else {}
     mem1 = measure.private_dirty_mib(pids)
-    return {"images_per_s": args.steps * args.batch_size / wall, "step_ms_p50": float(np.percentile(steps_ms, 50)),
+    n = len(stamps) - 1
+    return {"images_per_s": n * args.batch_size / wall, "timed_batches": n,
+            "step_ms_p50": float(np.percentile(steps_ms, 50)),
             "step_ms_p95": float(np.percentile(steps_ms, 95)), "seconds": wall,
             "cpu_cores_busy": cpu / wall,
             "gpu_util_mean": g.get("gpu_util_mean"), "gpu_mem_used_max_mib": g.get("gpu_mem_used_max_mib"),

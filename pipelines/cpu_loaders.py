@@ -1,20 +1,25 @@
 """The CPU loaders, in torch DataLoader workers over the memmap (forked workers share its page cache).
 
-`SeedLoader` ("torchvision"): exactly the seed's transform list on PIL images, one image per work item, as the seed
-ran it. Each image's RNG is seeded from (seed, epoch, slot), so the result does not depend on which worker ran it.
+`SeedLoader` ("torchvision"): exactly the seed's transform list on PIL images, two views per image. Each image's
+RNG is seeded from (seed, epoch, slot), so the result does not depend on which worker ran it.
 
-`FastCpuLoader` ("opencv"): the same distributions written for speed. A work item is a whole batch: one gather from
-the memmap, then per view an OpenCV resize of the crop window, a separable Gaussian blur and a flip, all in uint8;
-the batch travels as uint8 and the float end (jitter, noise, normalize) runs batched in torch on the training
-device (`pipelines.photometric`), with the same parameter draws as the DALI loader (`pipelines.params`).
+`FastCpuLoader` ("opencv"): the same distributions written for speed (`pipelines.opencv_views`), with the same
+parameter draws as the DALI loader (`pipelines.params`). For a CPU training device the workers make finished float
+views; for a GPU they send uint8 views and the float end runs on the GPU (`pipelines.photometric`).
+
+Both share the plumbing, so they differ only by the augmentation: a work item is a whole batch (one gather from the
+memmap), written view by view into an output buffer that is reused (`pipelines.buffers`), and the workers give
+freed memory back to the system at once (`_init_worker`), so what they hold privately stays small and does not
+grow with the store.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
-import sys
 import weakref
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -23,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 # that keeps the loader, and so its worker processes, alive until the next garbage collection
 from torchvision import transforms as T
 
+from pipelines import opencv_views
+from pipelines.buffers import BufferPool
 from pipelines.config import AugmentConfig
 from pipelines.params import draw
 from pipelines.photometric import finish
@@ -55,92 +62,109 @@ def seed_transform(config: AugmentConfig):
     ])
 
 
-class _SeedViews(Dataset):
-    def __init__(self, images, config: AugmentConfig, seed: int):
-        self.images, self.transform, self.seed = images, seed_transform(config), seed
+class _Views(Dataset):
+    """A work item is (epoch, batch index, store slots, output buffer or None): it returns the batch's 2B views
+    (view 1 of every image, then view 2), or (buffer, rows) when they were written into a pool buffer."""
+
+    def __init__(self, images, config: AugmentConfig, sampler: EpochSampler, float_out: bool):
+        self.images, self.config, self.float_out, self.pool = images, config, float_out, None
+        self.seed, self.rank = sampler.seed, sampler.rank
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, item):
-        epoch, slot = item
-        img = Image.fromarray(np.asarray(self.images[slot]))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(key(self.seed, epoch, slot))
-            return self.transform(img), self.transform(img)
+        epoch, j, slots, buf = item
+        if buf is None:
+            return self.make(epoch, j, slots, None)
+        out = self.pool.tensors[buf][:2 * len(slots)]
+        self.make(epoch, j, slots, out)
+        return buf, len(out)  # the main process reads the buffer it shares with this worker
+
+    def key(self, epoch: int, j: int, *extra: int) -> int:
+        return key(self.seed, self.rank, epoch, j, *extra)
 
 
-class _FastViews(Dataset):
-    def __init__(self, images, config: AugmentConfig):
-        self.images, self.config, self.finish_here = images, config, False
+class _SeedViews(_Views):
+    def __init__(self, images, config: AugmentConfig, sampler: EpochSampler):
+        super().__init__(images, config, sampler, True)
+        self.transform = seed_transform(config)
 
-    def __len__(self):
-        return len(self.images)
+    def make(self, epoch, j, slots, out):
+        b, c = len(slots), self.config.crop_size
+        if out is None:
+            out = _fresh((2 * b, 1, c, c), torch.float32)
+        for i, slot in enumerate(slots):
+            img = Image.fromarray(np.asarray(self.images[slot]))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(key(self.seed, epoch, int(slot)))
+                out[i], out[b + i] = self.transform(img), self.transform(img)
+        return out
 
-    def __getitem__(self, item):
-        import cv2
 
-        slots, seed, noise_seed = item
-        c = self.config.crop_size
-        src = self.images[slots]  # one gather of the whole batch
-        b = len(slots)
-        p = draw(self.config, seed, 2 * b, src.shape[1], src.shape[2])
-        out = np.empty((2 * b, c, c), dtype=np.uint8)
-        for v in range(2 * b):
-            top, left, h, w = p.crop[v]
-            interp = cv2.INTER_AREA if h > c and w > c else cv2.INTER_LINEAR
-            view = cv2.resize(src[v % b, top:top + h, left:left + w], (c, c), interpolation=interp)
-            if p.window[v] > 1:
-                w = int(p.window[v])
-                view = cv2.GaussianBlur(view, (w, w), sigmaX=float(p.sigma[v]), borderType=cv2.BORDER_REFLECT_101)
-            if p.flip[v]:
-                cv2.flip(view, 1, dst=out[v])
-            else:
-                out[v] = view
-        views = torch.from_numpy(out).unsqueeze(1)
+class _FastViews(_Views):
+    def make(self, epoch, j, slots, out):
+        p = draw(self.config, self.key(epoch, j), 2 * len(slots), self.images.shape[1], self.images.shape[2])
         # for a CPU training device the float end runs here, in parallel workers; for a GPU, on the GPU
-        return finish(views, p, self.config, noise_seed) if self.finish_here else views
+        noise_seed = self.key(epoch, j, 1) if self.float_out else None
+        if out is None and self.float_out:
+            c = self.config.crop_size
+            out = _fresh((2 * len(slots), 1, c, c), torch.float32)
+        return opencv_views.batch(self.images, slots, p, self.config, noise_seed, out=out)
+
+
+def _fresh(shape, dtype) -> torch.Tensor:
+    """An output tensor for a batch no pool buffer holds: in shared memory in a worker (nothing copied on hand-over)."""
+    out = torch.empty(shape, dtype=dtype)
+    return out.share_memory_() if torch.utils.data.get_worker_info() is not None else out
 
 
 def _init_worker(_):
+    _give_back_freed_memory()
+    cv2.setNumThreads(1)  # one worker per core; OpenCV's own thread pool would oversubscribe
+
+
+def _give_back_freed_memory() -> None:
+    """glibc keeps freed memory for reuse and, after the first large free, serves even large blocks from its heap,
+    so a worker keeps the peak of its working buffers (a batch of per-view tensors: 23 MiB per torchvision worker at
+    batch 32, measured) as private memory for good. A fixed 128 KiB threshold maps every larger block on its own and
+    unmaps it when freed."""
     try:
-        import cv2
-        cv2.setNumThreads(1)  # one worker per core; OpenCV's own thread pool would oversubscribe
-    except ImportError:
-        pass
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: nothing to tune
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
 
 
 @contextlib.contextmanager
 def _opencv_fork_safe():
     """Stop OpenCV's thread pool in this process while workers are forked: a child that resizes an inherited pool
     (setNumThreads in _init_worker) waits forever on the parent's idle threads, which it does not have."""
-    cv2 = sys.modules.get("cv2")
-    threads = cv2.getNumThreads() if cv2 is not None else None
-    if threads is not None:
-        cv2.setNumThreads(1)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     try:
         yield
     finally:
-        if threads is not None:
-            cv2.setNumThreads(threads)
+        cv2.setNumThreads(threads)
 
 
 class _CpuLoader:
-    """Shared DataLoader plumbing: the sampler's batches for the current epoch become work items."""
+    """Shared DataLoader plumbing: the sampler's batches for the current epoch become work items, one per batch."""
 
-    def __init__(self, dataset, sampler: EpochSampler, num_workers: int | None, out_device: torch.device,
-                 batched: bool):
-        self.sampler, self.out_device, self.batched = sampler, out_device, batched
+    def __init__(self, views: _Views, sampler: EpochSampler, num_workers: int | None, out_device: torch.device):
+        self.sampler, self.out_device, self.config = sampler, out_device, views.config
         self.epoch, self.start_batch = 0, 0
         workers = (os.cpu_count() or 1) if num_workers is None else num_workers
         opts = dict(num_workers=workers, pin_memory=out_device.type == "cuda", worker_init_fn=_init_worker)
         if workers > 0:
-            opts.update(persistent_workers=True, prefetch_factor=4 if batched else 2,
-                        multiprocessing_context="fork")
-        if batched:
-            self.loader = DataLoader(dataset, batch_size=None, sampler=self._Items(self), **opts)
-        else:
-            self.loader = DataLoader(dataset, batch_sampler=self._Items(self), **opts)
+            opts.update(persistent_workers=True, prefetch_factor=2, multiprocessing_context="fork")
+        self.loader = DataLoader(views, batch_size=None, sampler=self._Items(self), **opts)
+        # reused float outputs for a CPU device: in flight (2 per worker), the caller's batch, and slack
+        c = views.config.crop_size
+        self.pool = views.pool = BufferPool.create(2 * workers + 3, (2 * sampler.batch_size, 1, c, c),
+                                                   torch.float32) if views.float_out and workers > 0 else None
 
     class _Items:
         # holds the loader weakly: a loader <-> DataLoader cycle would leave the DataLoader iterator to the cyclic GC,
@@ -153,12 +177,19 @@ class _CpuLoader:
             return len(self.owner().sampler) - self.owner().start_batch
 
         def __iter__(self):
-            # the work items are listed up front: a generator suspended in the DataLoader would hold the loader
-            o = self.owner()
-            batches = enumerate(o.sampler.batches(o.epoch)[o.start_batch:], start=o.start_batch)
-            if o.batched:
-                return iter([(slots, o._key(j), o._key(j, 1)) for j, slots in batches])
-            return iter([[(o.epoch, int(s)) for s in slots] for _, slots in batches])
+            return self._work(self.owner)
+
+        @staticmethod
+        def _work(owner):
+            # a generator, so the epoch's work list is made at the first item, after the DataLoader has forked its
+            # workers (a list made before would sit in their copy of the heap); it holds the loader only weakly.
+            # An output buffer is chosen as each item is sent, when it is known which earlier batches are let go.
+            o = owner()
+            epoch, start, pool = o.epoch, o.start_batch, o.pool
+            batches = o.sampler.batches(epoch)[start:]
+            del o
+            for j, slots in enumerate(batches, start=start):
+                yield epoch, j, slots, pool.acquire() if pool else None
 
     def _key(self, j: int, *extra: int) -> int:
         return key(self.sampler.seed, self.sampler.rank, self.epoch, j, *extra)
@@ -169,12 +200,20 @@ class _CpuLoader:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def _epoch_iter(self):
-        """The DataLoader's iterator for this epoch (the first one forks the persistent workers)."""
+    def _batches(self):
+        """(batch index, (2B, 1, c, c) views) for this epoch; the first call forks the persistent workers."""
+        if self.pool is not None:
+            self.pool.reset()  # before iter(): it first drains what an abandoned epoch left in flight
         if self.loader.num_workers == 0:
-            return iter(self.loader)
-        with _opencv_fork_safe():
-            return iter(self.loader)
+            it = iter(self.loader)
+        else:
+            with _opencv_fork_safe():
+                it = iter(self.loader)
+        for j, x in enumerate(it, start=self.start_batch):
+            if isinstance(x, (tuple, list)):  # (buffer, rows), as the DataLoader hands it on
+                x = self.pool.received(*x)
+            yield j, x.to(self.out_device, non_blocking=True)
+        self.start_batch = 0
 
     def close(self) -> None:
         """Stop the worker processes now (they are persistent across epochs)."""
@@ -186,26 +225,24 @@ class _CpuLoader:
 
 class SeedLoader(_CpuLoader):
     def __init__(self, store, sampler, config, *, num_workers=None, out_device=torch.device("cpu")):
-        super().__init__(_SeedViews(store.images, config, sampler.seed), sampler, num_workers, out_device, False)
+        super().__init__(_SeedViews(store.images, config, sampler), sampler, num_workers, out_device)
 
     def __iter__(self):
-        for v1, v2 in self._epoch_iter():
-            yield v1.to(self.out_device, non_blocking=True), v2.to(self.out_device, non_blocking=True)
-        self.start_batch = 0
+        for _, x in self._batches():
+            b = x.shape[0] // 2
+            yield x[:b], x[b:]
 
 
 class FastCpuLoader(_CpuLoader):
     def __init__(self, store, sampler, config, *, num_workers=None, out_device=torch.device("cpu")):
-        views = _FastViews(store.images, config)
-        views.finish_here = out_device.type == "cpu"
-        super().__init__(views, sampler, num_workers, out_device, True)
-        self.config, self.size, self.finish_here = config, store.size, views.finish_here
+        views = _FastViews(store.images, config, sampler, float_out=out_device.type == "cpu")
+        super().__init__(views, sampler, num_workers, out_device)
+        self.size = store.size
 
     def __iter__(self):
-        for j, x in enumerate(self._epoch_iter(), start=self.start_batch):
+        for j, x in self._batches():
             b = x.shape[0] // 2
-            if not self.finish_here:
+            if x.dtype == torch.uint8:  # a GPU device: the float end runs there
                 p = draw(self.config, self._key(j), 2 * b, self.size, self.size)
-                x = finish(x.to(self.out_device, non_blocking=True), p, self.config, self._key(j, 1))
+                x = finish(x, p, self.config, self._key(j, 1))
             yield x[:b], x[b:]
-        self.start_batch = 0

@@ -3,7 +3,7 @@
 Per batch, the host only gathers the batch's slots from the memmap (page cache -> one (B, S, S, 1) array) and draws
 the per-view parameters (`pipelines.params`). DALI then crops, resizes and flips each view in one `fn.resize` (its
 ROI is the crop; an ROI reversed in x is the flip) and blurs it, in uint8. The float end (jitter, noise,
-normalize) runs in torch on the training device (`pipelines.photometric`).
+normalize) runs on the training device (`pipelines.photometric`: batched torch on a GPU, OpenCV per view on a CPU).
 
 Feeding: a batch-mode callback that gathers the whole batch in one fancy-index read of the memmap, measured against
 parallel external source (a per-sample callback in worker processes, handed over through shared memory) by

@@ -16,7 +16,8 @@ from tests.training_fixtures import tiny_store  # noqa: F401  (fixture)
 def doc(tiny_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     rc = loader_throughput.main(["--store", str(tiny_store.root), "--loaders", "torchvision,opencv,dali-cpu,dali-gpu",
-                                 "--mode", "both", "--batch-size", "8", "--steps", "3", "--warmup", "1",
+                                 "--mode", "both", "--batch-size", "8", "--steps", "3", "--min-seconds", "0",
+                                 "--warmup", "1",
                                  "--workers", "1", "--arch", "resnet18", "--crop-size", "32", "--out", str(out)])
     assert rc == 0
     assert (out / "loader_throughput.png").stat().st_size > 0

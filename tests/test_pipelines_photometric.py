@@ -6,10 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from pipelines.config import AugmentConfig
 from pipelines.params import blur_window, draw
-from pipelines.photometric import finish
+from pipelines.photometric import finish, finish_torch
 
 
 def reference(views_u8: np.ndarray, b, c, noise_std, noise, mean, std) -> np.ndarray:
@@ -24,16 +25,35 @@ def reference(views_u8: np.ndarray, b, c, noise_std, noise, mean, std) -> np.nda
 
 
 @pytest.mark.parametrize("noise_std", [0.0, 0.1])
-def test_finish_matches_the_reference(noise_std):
+def test_finish_torch_matches_the_reference(noise_std):
     config = AugmentConfig(crop_size=32, noise_std=noise_std, mean=0.45, std=0.27)
     views = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (12, 1, 32, 32), dtype=np.uint8))
     p = draw(config, 7, 12, 64, 64)
-    got = finish(views, p, config, seed=3).numpy()
+    got = finish_torch(views, p, config, seed=3).numpy()
     gen = torch.Generator().manual_seed(3)
     noise = torch.randn(views.shape, generator=gen).numpy()
     want = reference(views.numpy(), p.brightness, p.contrast, p.noise, noise, config.mean, config.std)
     np.testing.assert_allclose(got, want, atol=2e-5)
     assert (p.brightness != 1).all() and (p.contrast != 1).all()  # the jitter really ran
+
+
+def test_finish_cpu_matches_the_reference_and_draws_gaussian_noise():
+    config = AugmentConfig(crop_size=64, noise_std=0.1, mean=0.45, std=0.27)
+    views = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (40, 1, 64, 64), dtype=np.uint8))
+    p = draw(config, 7, 40, 96, 96)
+    p.noise[::4] = 0  # some views without noise, as with noise_p < 1
+    got = finish(views, p, config, seed=3).numpy()  # CPU tensors take the OpenCV path
+    clean = reference(views.numpy(), p.brightness, p.contrast, p.noise, np.zeros(views.shape), config.mean,
+                      config.std)
+    noise = (got - clean) * config.std  # back on [0, 1] intensities
+    np.testing.assert_allclose(noise[::4], 0, atol=2e-5)
+    drawn = noise[p.noise > 0]
+    assert abs(drawn.std() - 0.1) < 0.002 and abs(drawn.mean()) < 0.002
+    assert stats.kstest(drawn.ravel()[::7] / 0.1, "norm").statistic < 0.02
+    # views do not share noise, and the seed fixes it
+    assert abs(np.corrcoef(drawn[0].ravel(), drawn[1].ravel())[0, 1]) < 0.05
+    np.testing.assert_array_equal(finish(views, p, config, seed=3).numpy(), got)
+    assert not np.array_equal(finish(views, p, config, seed=4).numpy(), got)
 
 
 def test_blur_window_cut_at_four_sigma_matches_the_full_kernel():

@@ -41,7 +41,7 @@ def tiny_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def labelled_store(tmp_path_factory):
-    return _synthetic_store(tmp_path_factory.mktemp("labelled"), 512, 256, 96)
+    return _synthetic_store(tmp_path_factory.mktemp("labelled"), 1024, 256, 96)
 
 
 def code_image(i: int, size: int = 64) -> np.ndarray:
