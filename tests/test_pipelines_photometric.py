@@ -1,5 +1,5 @@
-"""The shared float end (pipelines.photometric.finish) against a plain reference, and the blur window cut at 4 sigma
-against the seed's full 23-tap kernel."""
+"""The shared float end (pipelines.photometric: torch for a GPU, OpenCV for a CPU) against a plain reference, the
+opencv loader's two paths against each other, and the blur window cut at 4 sigma against the seed's 23-tap kernel."""
 from __future__ import annotations
 
 import cv2
@@ -11,6 +11,7 @@ from scipy import stats
 from pipelines.config import AugmentConfig
 from pipelines.params import blur_window, draw
 from pipelines.photometric import finish, finish_torch
+from tests.pipelines_fixtures import phantom_store  # noqa: F401 (fixture)
 
 
 def reference(views_u8: np.ndarray, b, c, noise_std, noise, mean, std) -> np.ndarray:
@@ -66,3 +67,20 @@ def test_blur_window_cut_at_four_sigma_matches_the_full_kernel():
         cut = cv2.GaussianBlur(img, (int(w), int(w)), sigmaX=float(s), borderType=cv2.BORDER_REFLECT_101)
         assert np.abs(full.astype(int) - cut.astype(int)).max() <= 1
     assert blur_window(np.array([5.0]), 23).tolist() == [23]  # never more than the configured kernel
+
+
+def test_opencv_uint8_views_for_a_gpu_agree_with_its_float_views(phantom_store):  # noqa: F811
+    """The opencv loader's two paths: uint8 views finished later on the training device (a GPU's path, run here with
+    the torch finish on the CPU) and float views finished in the worker agree up to the uint8 rounding of the blur."""
+    from pipelines import opencv_views
+
+    config = AugmentConfig.for_store(phantom_store, crop_size=48, noise_std=0.0)
+    slots = np.arange(8)
+    p = draw(config, 5, 16, phantom_store.size, phantom_store.size)
+    u8 = opencv_views.batch(phantom_store.images, slots, p, config, None)
+    assert u8.dtype == torch.uint8 and u8.shape == (16, 1, 48, 48)
+    later = finish_torch(u8, p, config, seed=0)
+    here = opencv_views.batch(phantom_store.images, slots, p, config, 1, out=torch.empty(16, 1, 48, 48))
+    gray = 1 / (255 * config.std)  # one gray level, in normalized units, before the jitter's scaling (up to 3.2x)
+    diff = (later - here).abs()
+    assert diff.mean() < 0.4 * gray and diff.max() < 3 * gray
