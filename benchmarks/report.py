@@ -52,8 +52,8 @@ def assemble(args, store, results: list[dict], sweep: list[dict], machine: dict)
             r["per_core_ratio_vs_torchvision"] = r["images_per_s_per_core"] / base_core if base_core else None
             if mode == "train":
                 r["ratio_to_ceiling"] = r["images_per_s"] / top if top else None
-    settings = {k: getattr(args, k, None) for k in ("batch_size", "steps", "min_seconds", "warmup", "workers",
-                                                     "crop_size", "arch", "method", "mode")}
+    settings = {k: getattr(args, k) for k in ("batch_size", "steps", "min_seconds", "warmup", "workers", "crop_size",
+                                               "arch", "method", "mode")}
     settings["store"] = {"path": str(args.store), "images": len(store), "size": store.size,
                          "mib": round(store.images.nbytes / 2**20, 1)}
     return {"schema": "loader_throughput/1", "machine": machine, "settings": settings, "results": results,

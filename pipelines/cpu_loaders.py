@@ -75,11 +75,17 @@ class _Views(Dataset):
 
     def __getitem__(self, item):
         epoch, j, slots, buf = item
-        if buf is None:
-            return self.make(epoch, j, slots, None)
-        out = self.pool.tensors[buf][:2 * len(slots)]
-        self.make(epoch, j, slots, out)
-        return buf, len(out)  # the main process reads the buffer it shares with this worker
+        if buf is not None:
+            out = self.pool.tensors[buf][:2 * len(slots)]
+            self.make(epoch, j, slots, out)
+            return buf, len(out)  # the main process reads the buffer it shares with this worker
+        out = None
+        if self.float_out:  # no pool buffer: shared memory in a worker, so nothing is copied on hand-over
+            c = self.config.crop_size
+            out = torch.empty((2 * len(slots), 1, c, c), dtype=torch.float32)
+            if torch.utils.data.get_worker_info() is not None:
+                out.share_memory_()
+        return self.make(epoch, j, slots, out)
 
     def key(self, epoch: int, j: int, *extra: int) -> int:
         return key(self.seed, self.rank, epoch, j, *extra)
@@ -91,9 +97,7 @@ class _SeedViews(_Views):
         self.transform = seed_transform(config)
 
     def make(self, epoch, j, slots, out):
-        b, c = len(slots), self.config.crop_size
-        if out is None:
-            out = _fresh((2 * b, 1, c, c), torch.float32)
+        b = len(slots)
         for i, slot in enumerate(slots):
             img = Image.fromarray(np.asarray(self.images[slot]))
             with torch.random.fork_rng(devices=[]):
@@ -107,16 +111,7 @@ class _FastViews(_Views):
         p = draw(self.config, self.key(epoch, j), 2 * len(slots), self.images.shape[1], self.images.shape[2])
         # for a CPU training device the float end runs here, in parallel workers; for a GPU, on the GPU
         noise_seed = self.key(epoch, j, 1) if self.float_out else None
-        if out is None and self.float_out:
-            c = self.config.crop_size
-            out = _fresh((2 * len(slots), 1, c, c), torch.float32)
         return opencv_views.batch(self.images, slots, p, self.config, noise_seed, out=out)
-
-
-def _fresh(shape, dtype) -> torch.Tensor:
-    """An output tensor for a batch no pool buffer holds: in shared memory in a worker (nothing copied on hand-over)."""
-    out = torch.empty(shape, dtype=dtype)
-    return out.share_memory_() if torch.utils.data.get_worker_info() is not None else out
 
 
 def _init_worker(_):
@@ -154,7 +149,7 @@ class _CpuLoader:
     """Shared DataLoader plumbing: the sampler's batches for the current epoch become work items, one per batch."""
 
     def __init__(self, views: _Views, sampler: EpochSampler, num_workers: int | None, out_device: torch.device):
-        self.sampler, self.out_device, self.config = sampler, out_device, views.config
+        self.sampler, self.out_device, self.config, self.views = sampler, out_device, views.config, views
         self.epoch, self.start_batch = 0, 0
         workers = (os.cpu_count() or 1) if num_workers is None else num_workers
         opts = dict(num_workers=workers, pin_memory=out_device.type == "cuda", worker_init_fn=_init_worker)
@@ -190,9 +185,6 @@ class _CpuLoader:
             del o
             for j, slots in enumerate(batches, start=start):
                 yield epoch, j, slots, pool.acquire() if pool else None
-
-    def _key(self, j: int, *extra: int) -> int:
-        return key(self.sampler.seed, self.sampler.rank, self.epoch, j, *extra)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -243,6 +235,6 @@ class FastCpuLoader(_CpuLoader):
         for j, x in self._batches():
             b = x.shape[0] // 2
             if x.dtype == torch.uint8:  # a GPU device: the float end runs there
-                p = draw(self.config, self._key(j), 2 * b, self.size, self.size)
-                x = finish(x, p, self.config, self._key(j, 1))
+                p = draw(self.config, self.views.key(self.epoch, j), 2 * b, self.size, self.size)
+                x = finish(x, p, self.config, self.views.key(self.epoch, j, 1))
             yield x[:b], x[b:]

@@ -1,4 +1,4 @@
-"""The opencv loader's reused shared-memory output slots (pipelines.slots): reused when the caller lets a batch go,
+"""The CPU loaders' reused shared-memory output buffers (pipelines.buffers): reused when the caller lets a batch go,
 never while it still holds one."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import torch
 from tests.pipelines_fixtures import config_for, epoch_batches, loader, phantom_store  # noqa: F401 (fixture)
 
 
-def test_slots_are_reused_but_never_under_a_held_batch(phantom_store):  # noqa: F811
+def test_buffers_are_reused_but_never_under_a_held_batch(phantom_store):  # noqa: F811
     ld = loader(phantom_store, "opencv", 2, config_for(phantom_store, 32))
     assert ld.pool is not None and len(ld) > len(ld.pool.tensors)  # more batches than buffers
 
-    # a caller that lets each batch go: the batches come from the pool's few slots
+    # a caller that lets each batch go: the batches come from the pool's few buffers
     ld.set_epoch(0)
     copies, buffers = [], set()
     for v1, v2 in ld:
@@ -27,13 +27,13 @@ def test_slots_are_reused_but_never_under_a_held_batch(phantom_store):  # noqa: 
     for (v1, v2), want in zip(held, copies, strict=True):
         assert torch.equal(torch.cat([v1, v2]), want)
 
-    # once let go, the slots serve again, and the epoch's batches are still the same
+    # once let go, the buffers serve again, and the epoch's batches are still the same
     del held
     assert [torch.equal(a, b) for a, b in zip(epoch_batches(ld, 0), copies, strict=True)] == [True] * len(copies)
 
 
-def test_an_abandoned_epoch_frees_its_slots(phantom_store):  # noqa: F811
-    """Items still in flight when an epoch is dropped are drained by the next one; their slots come back."""
+def test_an_abandoned_epoch_frees_its_buffers(phantom_store):  # noqa: F811
+    """Items still in flight when an epoch is dropped are drained by the next one; their buffers come back."""
     ld = loader(phantom_store, "opencv", 2, config_for(phantom_store, 32))
     full = epoch_batches(ld, 1)
     for _ in range(3):
