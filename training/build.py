@@ -3,10 +3,16 @@
 The optimizer follows the method's paper recipe (training/methods.py `recipe`): LARS with momentum 0.9, trust
 coefficient 1e-3, no weight decay or adaptation for biases and norm parameters, and a peak learning rate of
 base_lr x global batch / 256 (or base_lr x sqrt(global batch) with --lr-scaling sqrt, SimCLR Appendix B.1).
+
+Threads (`thread_plan`): the cores this process may use (its CPU affinity, which SLURM and taskset set), shared
+by the ranks on the node, are split between torch's intra-op threads and the loader's workers or DALI threads, so
+that together they do not ask for more than there are.
 """
 from __future__ import annotations
 
 import math
+import os
+from types import SimpleNamespace
 
 import torch
 
@@ -29,8 +35,36 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def thread_plan(kind: str, device: str, workers: int | None, threads: int | None, cores: int,
+                ranks_here: int = 1) -> tuple[int, int]:
+    """(loader workers or DALI threads, torch threads) for one rank, from the cores it shares with the other
+    ranks on its node, so that the two together ask for no more cores than the rank has.
+
+    Why it matters: torch's OpenMP threads wait for each other at the end of every parallel region, so one of
+    them losing its core to a loader worker stalls them all; measured here, a resnet18 step with 2 torch threads
+    on 2 busy cores took 10-20x as long as with 1. On a CPU training device the loader needs little (opencv makes
+    a batch of views in milliseconds, against a step of hundreds): one worker (0 with --workers 0) and torch the
+    rest. On a GPU torch's host threads have little to do (2) and the loader gets the rest (DALI on a GPU: up to
+    4 threads). --workers and --threads, where given, are kept."""
+    share = max(1, cores // max(1, ranks_here))
+    if device == "cpu":
+        workers = 1 if workers is None else workers
+        return workers, threads or max(1, share - workers)
+    if workers is None:
+        workers = max(1, min(4, share - 1)) if kind == "dali-gpu" else max(1, share - 2)
+    return workers, threads or max(1, min(2, share - workers))
+
+
 def setup(args, d: distributed.Dist):
     from pipelines import AugmentConfig, best_kind, build_loader
+    from pipelines.subset import from_args
     from preprocess.store import open_store
     from training.lars import LARS, param_groups_for
     from training.methods import build_method
@@ -39,8 +73,13 @@ def setup(args, d: distributed.Dist):
     store = open_store(args.store)
     args.loader = args.loader or best_kind()
     config = AugmentConfig.for_store(store, crop_size=args.crop_size, **parse_overrides(args.aug))
+    workers, threads = thread_plan(args.loader, d.device.type, args.workers, args.threads, usable_cores(),
+                                   d.local_world_size)
+    torch.set_num_threads(threads)
+    select = from_args(args)
     loader = build_loader(store, args.loader, args.batch_size, config=config, seed=args.seed, rank=d.rank,
-                          world_size=d.world_size, num_workers=args.workers, device=d.device, resident=args.resident)
+                          world_size=d.world_size, num_workers=workers, device=d.device, resident=args.resident,
+                          select=select)
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     backbone, feat_dim = build_backbone(args.arch)
     method = build_method(args.method, backbone, feat_dim).to(d.device)
@@ -60,4 +99,5 @@ def setup(args, d: distributed.Dist):
     peak = base * (math.sqrt(batch) if args.lr_scaling == "sqrt" else batch / 256)
     opt = LARS(param_groups_for(method, recipe["weight_decay"]), lr=peak, momentum=recipe["momentum"],
                eta=recipe["eta"])
-    return loader, method, model, opt, peak
+    return SimpleNamespace(store=store, config=config, select=select, loader=loader, method=method, model=model,
+                           opt=opt, peak=peak, workers=workers, threads=threads)
