@@ -166,6 +166,8 @@ def _train(args, d, run, state, log, save, total) -> int:
         return 1
     finally:
         log.close()
+        if hasattr(run.loader, "close"):
+            run.loader.close()  # stop the loader's workers now, whatever ended the loop
     if state.get("stopped_by"):
         name = signal.Signals(state["stopped_by"]).name
         if d.main:
