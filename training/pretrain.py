@@ -119,7 +119,7 @@ def _run(args, d) -> int:
             if mode == "overwrite":
                 runs.clear(args.out)
         distributed.barrier()
-        log = RunLog(args.out, rank=d.rank, wandb_mode=args.wandb_mode, config={**_saved_args(args), **sig},
+        log = RunLog(args.out, rank=d.rank, wandb_mode=args.wandb_mode, config={**_saved_args(args), "signature": sig},
                      project=args.wandb_project, run_name=args.run_name or args.out.name, run_id=run_id,
                      resume_step=state["step"] if saved is not None else None, elapsed=elapsed)
     except ValueError as e:
