@@ -2,6 +2,7 @@
 the sampler deals every selected slot exactly once per epoch across ranks and never another one."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,15 @@ def test_a_selection_too_small_for_one_batch_is_one_line(coded_nih_store):
                      select=Subset(views=("AP",), split="test"))
     msg = str(e.value)
     assert "--views AP --split test leaves 2 of the store's 24 images" in msg and "\n" not in msg
+
+
+def test_the_loader_benchmark_runs_over_a_selection(coded_nih_store, tmp_path, capsys):
+    from benchmarks import loader_throughput
+    common = ["--store", str(coded_nih_store.root), "--loaders", "opencv", "--batch-size", "4", "--steps", "2",
+              "--min-seconds", "0", "--warmup", "0", "--workers", "1", "--crop-size", "32", "--out", str(tmp_path)]
+    assert loader_throughput.main([*common, "--views", "LAT"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--views LAT selects no image" in err and "\n" not in err
+    assert loader_throughput.main([*common, "--views", "PA", "--split", "train"]) == 0
+    doc = json.loads((tmp_path / "loader_throughput.json").read_text())
+    assert doc["settings"]["subset"] == "--views PA --split train" and "skipped" not in doc["results"][0]

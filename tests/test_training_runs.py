@@ -89,6 +89,14 @@ def test_a_resume_that_changes_the_run_is_refused_with_the_differences(tiny_stor
     assert json.loads((out / "args.json").read_text())["log_every"] == 1
 
 
+def test_a_selection_too_small_to_train_on_is_one_line(tiny_store, tmp_path, capsys):
+    n_ap = sum(r["view"] == "AP" for r in tiny_store.manifest)  # 9 of 48
+    assert run(tiny_store, tmp_path / "run", "--views", "AP", "--batch-size", n_ap + 1) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--views AP leaves {n_ap} of the store's 48 images" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_config_file_gives_defaults_and_the_command_line_wins(tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"store": "s", "batch-size": 4, "steps": 7, "views": ["PA"], "resume": "auto",
