@@ -86,6 +86,16 @@ def test_non_finite_loss_stops_with_the_step_and_a_loadable_checkpoint(tiny_stor
     assert not (tmp_path / ckpt.ENCODER).exists()
 
 
+@pytest.mark.parametrize("minutes,expected", [(0, [0, 5]), (1e-7, [0, 1, 2, 3, 4, 5])])
+def test_time_based_checkpoints(tiny_store, tmp_path, monkeypatch, minutes, expected):
+    written = []
+    save = ckpt.save
+    monkeypatch.setattr(ckpt, "save", lambda payload, path: (written.append(payload["step"]), save(payload, path))[1])
+    assert run(tiny_store, tmp_path, "--loader", "opencv", "--workers", "0", "--steps", 5, "--checkpoint-every",
+               1000, "--checkpoint-minutes", minutes) == 0
+    assert written == expected  # steps at which a checkpoint was written: the start, each due time, the end
+
+
 def test_encoder_loads_into_torchvision_resnet50(tiny_store, tmp_path):
     import torchvision
     assert main(["--store", str(tiny_store.root), "--arch", "resnet50", "--batch-size", "4", "--crop-size", "32",
@@ -129,6 +139,7 @@ def test_thread_plan_never_asks_for_more_cores_than_the_rank_has(device):
                 assert workers + threads <= max(share, 2), (cores, ranks, kind, workers, threads)
                 if share >= 4 and device == "cpu":
                     assert threads >= share - 1  # the network gets the cores
+    assert thread_plan("opencv", "cpu", None, None, 2) == (0, 2)  # a small machine: the batch made between steps
     assert thread_plan("opencv", "cpu", 3, None, 16) == (3, 13)  # an explicit --workers is kept
     assert thread_plan("opencv", "cpu", None, 5, 16) == (1, 5)  # and --threads
 

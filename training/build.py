@@ -47,15 +47,20 @@ def thread_plan(kind: str, device: str, workers: int | None, threads: int | None
     """(loader workers or DALI threads, torch threads) for one rank, from the cores it shares with the other
     ranks on its node, so that the two together ask for no more cores than the rank has.
 
-    Why it matters: torch's OpenMP threads wait for each other at the end of every parallel region, so one of
-    them losing its core to a loader worker stalls them all; measured here, a resnet18 step with 2 torch threads
-    on 2 busy cores took 10-20x as long as with 1. On a CPU training device the loader needs little (opencv makes
-    a batch of views in milliseconds, against a step of hundreds): one worker (0 with --workers 0) and torch the
-    rest. On a GPU torch's host threads have little to do (2) and the loader gets the rest (DALI on a GPU: up to
-    4 threads). --workers and --threads, where given, are kept."""
+    Why it matters: torch's OpenMP threads wait for each other at the end of every parallel region, spinning by
+    default, so a thread that loses its core stalls the others. Measured on this 2-core machine under load 7-9,
+    20 demo steps: 2 torch threads with OpenMP's default (active) waiting took 236 s wall and 122 s of CPU; with
+    passive waiting (OMP_WAIT_POLICY=PASSIVE, which training.pretrain sets unless it is set already) 86-93 s, as
+    fast as 1 thread plus 1 worker (95-100 s).
+
+    On a CPU training device the network is the work and the loader needs little (opencv makes the demo's 64
+    views in a few ms, against a step of hundreds): up to 2 cores, no worker (the batch is made in the main
+    process, between steps) and torch every core; beyond, one worker and torch the rest. On a GPU torch's host
+    threads have little to do (2) and the loader gets the rest (DALI on a GPU: up to 4 threads). --workers and
+    --threads, where given, are kept."""
     share = max(1, cores // max(1, ranks_here))
     if device == "cpu":
-        workers = 1 if workers is None else workers
+        workers = (0 if share <= 2 else 1) if workers is None else workers
         return workers, threads or max(1, share - workers)
     if workers is None:
         workers = max(1, min(4, share - 1)) if kind == "dali-gpu" else max(1, share - 2)

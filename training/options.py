@@ -98,9 +98,9 @@ def parser() -> argparse.ArgumentParser:
     a("--run-name", default=None, help="W&B run name (default: the --out folder's name)")
     a("--seed", type=int, default=0, help="seed for model init, sampling and augmentation (default: 0)")
     a("--workers", type=non_negative, default=None,
-      help="loader workers / DALI threads (default on a CPU device: 1; on a GPU: the rank's cores less 2 "
-           "(DALI on a GPU: up to 4); with torch's --threads they never ask for more cores than the rank has, "
-           "see training/build.py `thread_plan`)")
+      help="loader workers / DALI threads (default on a CPU device: 0 up to 2 cores, else 1; on a GPU: the "
+           "rank's cores less 2, DALI up to 4; with torch's --threads they never ask for more cores than the rank "
+           "has, see training/build.py `thread_plan`)")
     a("--threads", type=positive, default=None,
       help="torch intra-op threads (default: the rank's cores less the loader's, see --workers)")
     a("--device", default=None, metavar="cpu|cuda|cuda:N", help="default: cuda if available (cuda:LOCAL_RANK "

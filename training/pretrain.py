@@ -22,20 +22,25 @@ Multi-GPU: torchrun --nproc-per-node N -m training.pretrain --store ... (NCCL; g
 """
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import signal
-import sys
-import time
-from pathlib import Path
 
-from training import checkpoint as ckpt
-from training import demo, distributed, runs
-from training.logs import RunLog, check_wandb
-from training.loop import NonFiniteLoss, train
-from training.options import NOT_FROM_CONFIG, parse_args
-from training.preempt import StopSignal
+# let torch's OpenMP threads sleep, not spin, while they wait for each other: read once, when torch is first
+# imported (so it acts for `python -m training.pretrain`); training/build.py `thread_plan` has the measured cost
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json  # noqa: E402
+import secrets  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from training import checkpoint as ckpt  # noqa: E402
+from training import demo, distributed, runs  # noqa: E402
+from training.logs import RunLog, check_wandb  # noqa: E402
+from training.loop import NonFiniteLoss, train  # noqa: E402
+from training.options import NOT_FROM_CONFIG, parse_args  # noqa: E402
+from training.preempt import StopSignal  # noqa: E402
 
 
 def _plain(d: dict) -> dict:
