@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.training_fixtures import CODED_N, CODED_VIEWS, WHOLE_IMAGE_AUG, coded_nih_store  # noqa: F401 (fixture)
 from training import checkpoint as ckpt
 
@@ -55,6 +57,7 @@ def test_two_gloo_ranks_cover_the_selected_slots_once_per_epoch_in_lockstep(code
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == steps  # rank 0 logs alone
 
 
+@pytest.mark.slow  # a second torchrun (about 20 s here); the one-process signal tests are in the default run
 def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(coded_nih_store, tmp_path):
     steps = 60
     proc = subprocess.Popen(torchrun(coded_nih_store, tmp_path, steps), env=env(tmp_path),

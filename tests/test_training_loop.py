@@ -86,14 +86,15 @@ def test_non_finite_loss_stops_with_the_step_and_a_loadable_checkpoint(tiny_stor
     assert not (tmp_path / ckpt.ENCODER).exists()
 
 
-@pytest.mark.parametrize("minutes,expected", [(0, [0, 5]), (1e-7, [0, 1, 2, 3, 4, 5])])
-def test_time_based_checkpoints(tiny_store, tmp_path, monkeypatch, minutes, expected):
+def test_time_based_checkpoints(tiny_store, tmp_path, monkeypatch):
     written = []
     save = ckpt.save
     monkeypatch.setattr(ckpt, "save", lambda payload, path: (written.append(payload["step"]), save(payload, path))[1])
     assert run(tiny_store, tmp_path, "--loader", "opencv", "--workers", "0", "--steps", 5, "--checkpoint-every",
-               1000, "--checkpoint-minutes", minutes) == 0
-    assert written == expected  # steps at which a checkpoint was written: the start, each due time, the end
+               1000, "--checkpoint-minutes", 1e-7) == 0
+    assert written == [0, 1, 2, 3, 4, 5]  # the start, every step (each is past the due time), the end once
+    from training.options import parse_args
+    assert parse_args([]).checkpoint_minutes == 10  # the default
 
 
 def test_encoder_loads_into_torchvision_resnet50(tiny_store, tmp_path):
