@@ -19,7 +19,7 @@ import torch.distributed as dist
 class Dist:
     rank: int
     world_size: int
-    local_rank: int
+    local_rank: int  # this process's GPU index on its node (torchrun's LOCAL_RANK, or N of --device cuda:N)
     device: torch.device
     local_world_size: int = 1
     control: object = None  # the process group for host-side agreement (None: the default group)
@@ -57,9 +57,10 @@ def init(device: str | None = None) -> Dist:
     check_device(device, world)
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda:
-        index = int(device.split(":")[1]) if device and ":" in device else local
-        torch.cuda.set_device(index)
-        dev = torch.device("cuda", index)
+        # --device cuda:N (one process only): that GPU is this process's local device, for NVML as for torch
+        local = int(device.split(":")[1]) if device and ":" in device else local
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
     else:
         dev = torch.device("cpu")
     control = None
