@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import signal
 import weakref
 
 import cv2
@@ -118,12 +117,6 @@ class _FastViews(_Views):
 def _init_worker(_):
     _give_back_freed_memory()
     cv2.setNumThreads(1)  # one worker per core; OpenCV's own thread pool would oversubscribe
-    # a terminal's Ctrl-C and a cluster's SIGTERM reach every process of the job: the main process decides what
-    # they mean (training.pretrain finishes its step and checkpoints) and stops its workers itself (a None down
-    # their queue; a dead parent is noticed by their watchdog). torch's own SIGTERM handler would kill the worker
-    # and with it the step in progress.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _give_back_freed_memory() -> None:

@@ -44,7 +44,7 @@ class Subset:
         parts = [f"--views {','.join(self.views)}" if self.views else "",
                  f"--datasets {','.join(self.datasets)}" if self.datasets else "",
                  f"--split {self.split}" if self.split else ""]
-        return " ".join(p for p in parts if p) or "(the whole store)"
+        return " ".join(p for p in parts if p) or "the whole store"
 
     def matches(self, row: dict) -> bool:
         return ((not self.views or row["view"].strip().upper() in self.views)

@@ -17,7 +17,7 @@ import time
 import torch
 
 from training.logs import Progress, RunLog
-from training.preempt import Agreement
+from training.preempt import Agreement, next_batch
 
 
 class NonFiniteLoss(RuntimeError):
@@ -81,7 +81,7 @@ def train(args, d, loader, method, model, opt, peak, state: dict, log: RunLog, s
         batches = iter(loader)
         while state["step"] < end:
             t = time.perf_counter()
-            views = next(batches, None)
+            views = next_batch(batches)
             meter.wait += time.perf_counter() - t
             if views is None:
                 state.update(epoch=state["epoch"] + 1, batch=0)

@@ -4,9 +4,12 @@ The handler only notes the signal; the loop finishes the step it is in, writes a
 returns, and the command exits 128 + the signal (143 for SIGTERM, 130 for SIGINT), so that a job script can tell
 a preemption from a failure. A second Ctrl-C stops at once (KeyboardInterrupt, the last checkpoint kept).
 
-Loader workers are forked after the handler is installed and inherit it; there it does nothing (a terminal's
-Ctrl-C and SLURM's SIGTERM reach every process of the job, and a worker killed by them would take the step down
-with it): the main process decides, and stops its workers itself.
+A terminal's Ctrl-C and SLURM's SIGTERM reach every process of the job, loader workers included, and a worker
+killed by them would take the step down with it: the main process decides, and stops its workers itself. Workers
+are forked after the handler is installed and inherit it for SIGINT (there it does nothing); for SIGTERM torch
+installs its own handler in each worker, which would kill it, so `next_batch` blocks SIGTERM while the loader
+makes its workers: they start with it blocked (pending, harmless), and the main process gets it the moment it is
+unblocked again.
 
 Under torchrun the ranks must stop at the same step (a rank that leaves early hangs the others in their next
 all-reduce). `Agreement` max-reduces each rank's [signal, checkpoint due] flags every step, asynchronously, and acts
@@ -50,6 +53,16 @@ class StopSignal:
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
+
+
+def next_batch(batches):
+    """next(batches, None) with SIGTERM blocked in this thread meanwhile (see the module docstring): a DataLoader
+    forks its workers at its first batch, from this thread, and a forked process inherits the blocked mask."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return next(batches, None)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class Agreement:
