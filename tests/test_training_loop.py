@@ -141,6 +141,7 @@ def test_thread_plan_never_asks_for_more_cores_than_the_rank_has(device):
                 if share >= 4 and device == "cpu":
                     assert threads >= share - 1  # the network gets the cores
     assert thread_plan("opencv", "cpu", None, None, 2) == (0, 2)  # a small machine: the batch made between steps
+    assert thread_plan("dali-cpu", "cpu", None, None, 2) == thread_plan("dali-cpu", "cpu", 0, None, 2) == (1, 1)
     assert thread_plan("opencv", "cpu", 3, None, 16) == (3, 13)  # an explicit --workers is kept
     assert thread_plan("opencv", "cpu", None, 5, 16) == (1, 5)  # and --threads
 

@@ -55,12 +55,14 @@ def thread_plan(kind: str, device: str, workers: int | None, threads: int | None
 
     On a CPU training device the network is the work and the loader needs little (opencv makes the demo's 64
     views in a few ms, against a step of hundreds): up to 2 cores, no worker (the batch is made in the main
-    process, between steps) and torch every core; beyond, one worker and torch the rest. On a GPU torch's host
+    process, between steps) and torch every core; beyond, or for dali-cpu (whose views are always made in its own
+    threads), one worker or thread and torch the rest. On a GPU torch's host
     threads have little to do (2) and the loader gets the rest (DALI on a GPU: up to 4 threads). --workers and
     --threads, where given, are kept."""
     share = max(1, cores // max(1, ranks_here))
+    dali = kind.startswith("dali")  # DALI needs a thread of its own (0 would mean all cores to it)
     if device == "cpu":
-        workers = (0 if share <= 2 else 1) if workers is None else workers
+        workers = (1 if dali or share > 2 else 0) if workers is None else max(workers, int(dali))
         return workers, threads or max(1, share - workers)
     if workers is None:
         workers = max(1, min(4, share - 1)) if kind == "dali-gpu" else max(1, share - 2)
