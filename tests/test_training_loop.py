@@ -86,17 +86,6 @@ def test_non_finite_loss_stops_with_the_step_and_a_loadable_checkpoint(tiny_stor
     assert not (tmp_path / ckpt.ENCODER).exists()
 
 
-def test_time_based_checkpoints(tiny_store, tmp_path, monkeypatch):
-    written = []
-    save = ckpt.save
-    monkeypatch.setattr(ckpt, "save", lambda payload, path: (written.append(payload["step"]), save(payload, path))[1])
-    assert run(tiny_store, tmp_path, "--loader", "opencv", "--workers", "0", "--steps", 5, "--checkpoint-every",
-               1000, "--checkpoint-minutes", 1e-7) == 0
-    assert written == [0, 1, 2, 3, 4, 5]  # the start, every step (each is past the due time), the end once
-    from training.options import parse_args
-    assert parse_args([]).checkpoint_minutes == 10  # the default
-
-
 def test_encoder_loads_into_torchvision_resnet50(tiny_store, tmp_path):
     import torchvision
     assert main(["--store", str(tiny_store.root), "--arch", "resnet50", "--batch-size", "4", "--crop-size", "32",

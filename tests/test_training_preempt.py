@@ -21,7 +21,7 @@ from tests.training_fixtures import tiny_store  # noqa: F401  (fixture)
 from training import checkpoint as ckpt
 from training.pretrain import main
 
-STEPS = 16
+STEPS = 12
 
 
 def argv(store, out, *extra) -> list[str]:

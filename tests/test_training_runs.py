@@ -60,9 +60,14 @@ def test_a_new_run_into_a_run_folder_is_refused_and_overwrite_starts_again(tiny_
     assert "step 1/2 epoch 0 loss" in err and "step 2/2" in err and "\r" not in err
 
 
-def test_a_bare_resume_in_an_empty_folder_starts_the_run(tiny_store, tmp_path, capsys):
-    assert run(tiny_store, tmp_path / "new", "--steps", 1, "--resume") == 0
-    assert "starts the run" in capsys.readouterr().err and ckpt.load(tmp_path / "new")["step"] == 1
+def test_a_bare_resume_in_an_empty_folder_starts_the_run_with_time_based_checkpoints(tiny_store, tmp_path, capsys,
+                                                                                      monkeypatch):
+    written, save = [], ckpt.save
+    monkeypatch.setattr(ckpt, "save", lambda payload, path: (written.append(payload["step"]), save(payload, path))[1])
+    assert run(tiny_store, tmp_path / "new", "--steps", 3, "--resume", "--checkpoint-minutes", 1e-7) == 0
+    assert "starts the run" in capsys.readouterr().err and ckpt.load(tmp_path / "new")["step"] == 3
+    assert written == [0, 1, 2, 3]  # the start, then every step (each is past the due time), the end once
+    assert parse_args([]).checkpoint_minutes == 10  # the default
 
 
 def test_a_resume_that_changes_the_run_is_refused_with_the_differences(tiny_store, tmp_path, capsys):
