@@ -31,10 +31,12 @@ MODES = ("loader", "train")
 
 def parse_args(argv=None):
     from pipelines import KINDS
+    from pipelines.subset import add_arguments, from_args
     p = argparse.ArgumentParser(prog="python -m benchmarks.loader_throughput", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--store", type=Path, help="store folder (default: the demo store under ./data/demo, built if missing)")
+    add_arguments(p)
     a("--loaders", default=",".join(KINDS), help=f"comma-separated loader kinds (default: {','.join(KINDS)})")
     a("--mode", choices=(*MODES, "both"), default="loader", help="loader alone, with a training step, or both "
                                                                   "(default: loader)")
@@ -54,6 +56,7 @@ def parse_args(argv=None):
     a("--out", type=Path, default=Path("benchmarks/results/latest"), help="output folder (default: "
                                                                           "benchmarks/results/latest)")
     args = p.parse_args(argv)
+    args.select = from_args(args)
     args.loaders = [k.strip() for k in args.loaders.split(",") if k.strip()]
     unknown = [k for k in args.loaders if k not in KINDS]
     if unknown:
@@ -129,7 +132,8 @@ def run_one(store, kind, mode, args, device, gpu, step_fn=None, resident=False) 
     t0 = time.perf_counter()
     try:
         loader = build_loader(store, kind, args.batch_size, config=AugmentConfig.for_store(store,
-                              crop_size=args.crop_size), num_workers=args.workers, device=device, resident=resident)
+                              crop_size=args.crop_size), num_workers=args.workers, device=device, resident=resident,
+                              select=args.select)
         batches = endless(loader)
         first = next(batches)
     except ValueError as e:
@@ -154,7 +158,7 @@ def ceiling(store, args, device, step_fn, gpu) -> dict:
     from pipelines import AugmentConfig, build_loader
     config = AugmentConfig.for_store(store, crop_size=args.crop_size)
     loader = build_loader(store, "dali-cpu" if "dali-cpu" in args.loaders else "opencv", args.batch_size,
-                          config=config, num_workers=args.workers, device=device)
+                          config=config, num_workers=args.workers, device=device, select=args.select)
     fixed = [v.clone() for v in next(iter(loader))]
     loader.close()
     res = timed(itertools.repeat(fixed), args, device, step_fn, gpu)
@@ -186,6 +190,11 @@ def main(argv=None) -> int:
         args.store = ensure_store()
     try:
         store = open_store(args.store)
+        from pipelines.subset import select_slots
+        selected = select_slots(store, args.select)  # a selection that keeps nothing: one line now, not per loader
+        if selected is not None and len(selected) < args.batch_size:
+            raise ValueError(f"{args.select.describe()} leaves {len(selected)} images, fewer than one batch of "
+                             f"{args.batch_size}: widen the selection or lower --batch-size")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -209,6 +218,7 @@ def main(argv=None) -> int:
         gpu.close()
     doc = report.assemble(args, store, results, swept, measure.machine([sys.executable, "-m",
                           "benchmarks.loader_throughput", *(sys.argv[1:] if argv is None else argv)]))
+    doc["settings"]["subset"] = args.select.describe()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "loader_throughput.json").write_text(json.dumps(doc, indent=1))
     report.chart(doc, args.out / "loader_throughput.png")

@@ -2,5 +2,6 @@
 from pipelines.config import AugmentConfig
 from pipelines.factory import KINDS, best_kind, build_loader
 from pipelines.sampler import EpochSampler
+from pipelines.subset import Subset
 
-__all__ = ["AugmentConfig", "EpochSampler", "KINDS", "best_kind", "build_loader"]
+__all__ = ["AugmentConfig", "EpochSampler", "KINDS", "Subset", "best_kind", "build_loader"]

@@ -16,6 +16,7 @@ import torch
 
 from pipelines.config import AugmentConfig
 from pipelines.sampler import EpochSampler
+from pipelines.subset import Subset, select_slots
 from preprocess.store import Store, open_store
 
 KINDS = ("dali-gpu", "dali-cpu", "torchvision", "opencv")
@@ -30,22 +31,24 @@ def dali_available() -> bool:
 
 
 def best_kind() -> str:
-    """The fastest loader this machine can run: dali-gpu, else dali-cpu, else opencv."""
-    if dali_available():
-        return "dali-gpu" if torch.cuda.is_available() else "dali-cpu"
+    """The fastest loader this machine can run, as measured (docs/BENCHMARKS.md): dali-gpu where a GPU and DALI
+    are there; otherwise opencv, which on a CPU makes 5.9x the images per core of dali-cpu (2,898 vs 490)."""
+    if dali_available() and torch.cuda.is_available():
+        return "dali-gpu"
     return "opencv"
 
 
 def build_loader(store: str | Path | Store, kind: str, batch_size: int, *, config: AugmentConfig | None = None,
                  seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True,
                  num_workers: int | None = None, device: str | torch.device | None = None,
-                 resident: bool = False):
+                 resident: bool = False, select: Subset | None = None):
     """A loader of `kind` over `store`, yielding (view1, view2) on `device`.
 
     kind: dali-gpu | dali-cpu | torchvision | opencv. config: defaults to AugmentConfig with the store's measured
     mean/std. num_workers: DataLoader workers (CPU loaders) or DALI CPU threads; default all cores.
     device: the training device (default: cuda if available, else cpu). resident (dali-gpu only): copy the whole
-    store to GPU memory once and gather batches there.
+    store to GPU memory once and gather batches there. select: a `pipelines.subset.Subset` (views, datasets,
+    split): the sampler deals only the manifest's matching slots (default: every slot).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown loader kind {kind!r}: choose one of {', '.join(KINDS)}")
@@ -64,8 +67,13 @@ def build_loader(store: str | Path | Store, kind: str, batch_size: int, *, confi
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    sampler = EpochSampler(len(store), batch_size, seed=seed, rank=rank, world_size=world_size,
-                           drop_last=drop_last)
+    slots = select_slots(store, select)
+    n = len(store) if slots is None else len(slots)
+    if slots is not None and drop_last and n < batch_size * world_size:
+        raise ValueError(f"{select.describe()} leaves {n} of the store's {len(store)} images, fewer than one batch "
+                         f"of {batch_size} on each of {world_size} rank(s): widen the selection or lower --batch-size")
+    sampler = EpochSampler(n, batch_size, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
+                           slots=slots)
     if kind.startswith("dali"):
         from pipelines.dali_loader import DaliLoader
         return DaliLoader(store, sampler, config, device=kind[5:], num_threads=num_workers, out_device=device,

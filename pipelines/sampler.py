@@ -5,6 +5,10 @@ dealt round-robin to ranks, so within an epoch every slot appears exactly once a
 remainder that does not fill one batch on every rank is dropped (so all ranks take the same number of steps, as DDP
 needs). Indices within a batch are sorted: the gather then reads the memmap front to back.
 
+`slots` (a subset, `pipelines.subset`): the permutation runs over positions in that array and is mapped to its
+slot indices, so every selected slot appears once per epoch across ranks and no other slot ever does. Without it,
+the slots are 0..n-1 and nothing is mapped (the same batches as before subsets existed).
+
 `key(...)` is the one place random streams are derived from, so that every random draw of every loader is a
 function of (seed, rank, epoch, batch or slot): runs are repeatable, ranks draw different augmentations, and a
 resumed run redraws exactly what an uninterrupted one would have.
@@ -21,16 +25,21 @@ def key(*parts: int) -> int:
 
 class EpochSampler:
     def __init__(self, n: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = True):
+                 drop_last: bool = True, slots: np.ndarray | None = None):
+        if slots is not None:
+            slots = np.asarray(slots, dtype=np.int64)
+            if len(slots) != n:
+                raise ValueError(f"n ({n}) must be the number of slots ({len(slots)})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if drop_last and n < batch_size * world_size:
-            raise ValueError(f"a store of {n} images cannot fill one batch of {batch_size} on each of {world_size} "
+            what = f"a selection of {n} images" if slots is not None else f"a store of {n} images"
+            raise ValueError(f"{what} cannot fill one batch of {batch_size} on each of {world_size} "
                              "ranks: lower --batch-size or use a larger store")
         self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.rank, self.world_size, self.drop_last, self.slots = rank, world_size, drop_last, slots
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -45,6 +54,8 @@ class EpochSampler:
     def batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's batches for `epoch`, each a sorted int64 array of slot indices."""
         perm = self.order(epoch)
+        if self.slots is not None:
+            perm = self.slots[perm]
         b, w = self.batch_size, self.world_size
         if self.drop_last:
             steps = len(self)

@@ -27,6 +27,11 @@ def test_dali_gpu_training_logs_finite_losses_and_gpu_utilisation(tiny_store, tm
     assert any(r["gpu_util"] is not None for r in recs)  # NVML was read (may be None only if NVML is absent)
 
 
+def test_an_explicit_gpu_index_is_used(tiny_store, tmp_path):
+    assert run(tiny_store, tmp_path, "--steps", 2, "--device", "cuda:0") == 0
+    assert "cuda:0" in (tmp_path / "args.json").read_text()
+
+
 def test_gpu_resume_matches_uninterrupted_run(tiny_store, tmp_path):
     common = ("--steps", 6, "--checkpoint-every", 100)
     assert run(tiny_store, tmp_path / "whole", *common) == 0

@@ -1,5 +1,7 @@
 """The training loop on CPU: resume matches an uninterrupted run, a kill -9 mid-checkpoint keeps the last one, a
-non-finite loss stops with a loadable checkpoint, encoder.pt fits torchvision's resnet50, the schedule, the logs."""
+non-finite loss stops naming a checkpoint that verified, encoder.pt fits torchvision's resnet50, the schedule, the
+logs, the thread plan. (Run folders, flags and damaged checkpoints: test_training_runs.py; signals and killed
+processes: test_training_preempt.py.)"""
 from __future__ import annotations
 
 import json
@@ -20,7 +22,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 def run(store, out, *extra) -> int:
     return main(["--store", str(store.root), "--arch", "resnet18", "--batch-size", "8", "--crop-size", "32",
-                 "--out", str(out), "--wandb-mode", "disabled", "--log-every", "1", *map(str, extra)])
+                 "--out", str(out), "--wandb-mode", "disabled", "--log-every", "1", "--threads", "1",
+                 *map(str, extra)])
 
 
 def losses(out) -> list[float]:
@@ -45,7 +48,7 @@ def test_resumed_run_matches_uninterrupted_run_step_for_step(tiny_store, tmp_pat
 
 def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
     path = tmp_path / ckpt.CHECKPOINT
-    ckpt.save_atomic({"step": 1, "w": torch.ones(3)}, path)
+    ckpt.save_atomic({"step": 1, "w": torch.ones(3)}, path)  # save_atomic: any object (ckpt.save adds a checksum)
     child = f"""
 import os, signal, torch
 from training import checkpoint
@@ -58,7 +61,7 @@ checkpoint.save_atomic({{"step": 2, "w": torch.zeros(3)}}, {str(path)!r})
 """
     proc = subprocess.run([sys.executable, "-c", child])
     assert proc.returncode == -9
-    saved = ckpt.load(path)
+    saved = ckpt.read(path)
     assert saved["step"] == 1 and torch.equal(saved["w"], torch.ones(3))
 
 
@@ -76,7 +79,7 @@ def test_non_finite_loss_stops_with_the_step_and_a_loadable_checkpoint(tiny_stor
              "--log-every", 100)
     err = capsys.readouterr().err
     assert rc == 1
-    assert "non-finite at step 4" in err and "--resume" in err
+    assert "non-finite at step 4" in err and f"{tmp_path / ckpt.CHECKPOINT} (step 2, verified)" in err
     saved = ckpt.load(tmp_path)
     assert saved["step"] == 2
     assert all(torch.isfinite(v).all() for v in saved["method"].values() if v.is_floating_point())
@@ -105,15 +108,37 @@ def test_schedule_warms_up_linearly_then_decays_to_zero():
     assert lrs[55] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
 
 
-def test_bad_arguments_are_clear_errors(tiny_store, tmp_path, capsys):
+def test_store_and_checkpoint_errors_are_one_line(tiny_store, tmp_path, capsys):
     assert run(tiny_store, tmp_path, "--loader", "opencv", "--aug", "nosuch=1") == 2
     assert "--aug" in capsys.readouterr().err
     assert main(["--store", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "no store at" in capsys.readouterr().err
     assert run(tiny_store, tmp_path, "--loader", "opencv", "--resume", str(tmp_path / "missing.pt")) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--batch-size", "0"])
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_thread_plan_never_asks_for_more_cores_than_the_rank_has(device):
+    from training.build import thread_plan
+    for cores in range(1, 65):
+        for ranks in (1, 2, 4, 8):
+            share = max(1, cores // ranks)
+            for kind in ("dali-gpu", "dali-cpu", "opencv", "torchvision"):
+                workers, threads = thread_plan(kind, device, None, None, cores, ranks)
+                assert threads >= 1 and workers >= 0 and (workers >= 1 or device == "cpu")
+                assert workers + threads <= max(share, 2), (cores, ranks, kind, workers, threads)
+                if share >= 4 and device == "cpu":
+                    assert threads >= share - 1  # the network gets the cores
+    assert thread_plan("opencv", "cpu", None, None, 2) == (0, 2)  # a small machine: the batch made between steps
+    assert thread_plan("dali-cpu", "cpu", None, None, 2) == thread_plan("dali-cpu", "cpu", 0, None, 2) == (1, 1)
+    assert thread_plan("opencv", "cpu", 3, None, 16) == (3, 13)  # an explicit --workers is kept
+    assert thread_plan("opencv", "cpu", None, 5, 16) == (1, 5)  # and --threads
+
+
+def test_best_loader_on_this_machine_is_the_fastest_measured():
+    from pipelines import best_kind
+    from pipelines.factory import dali_available
+    assert best_kind() == ("dali-gpu" if torch.cuda.is_available() and dali_available() else "opencv")
 
 
 def test_wandb_offline_without_wandb_warns_and_logs_json(tmp_path, monkeypatch, caplog):
@@ -123,6 +148,8 @@ def test_wandb_offline_without_wandb_warns_and_logs_json(tmp_path, monkeypatch, 
     log.log({"step": 1, "loss": 1.5, "gpu_util": None})
     log.close()
     assert "wandb is not installed" in caplog.text
-    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 1, "loss": 1.5, "gpu_util": None}
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert {k: rec[k] for k in ("step", "loss", "gpu_util")} == {"step": 1, "loss": 1.5, "gpu_util": None}
+    assert set(rec) == {"step", "loss", "gpu_util", "time", "elapsed_s"}
     with pytest.raises(ValueError, match="pip install"):
         RunLog(tmp_path, wandb_mode="online")

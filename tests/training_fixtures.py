@@ -4,6 +4,8 @@
   labelled_store  512 synthetic phantoms (Nodule / Fibrosis / No Finding, NIH-format CSV), 96 px: the learning check
   coded_store     24 images, 64 px, whose vertical bands spell their slot index in binary: a view of the whole
                   image (no crop, no photometric change) says which slot it came from
+  coded_nih_store the same 24 coded images with an NIH-format CSV and split lists: slot i is view AP when
+                  i % 3 == 0 (else PA) and in the test split when i >= 16 (CODED_VIEWS, CODED_SPLITS)
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from PIL import Image
 from preprocess.store import open_store
 
 CODED_N, CODED_BITS = 24, 6
+CODED_VIEWS = ["AP" if i % 3 == 0 else "PA" for i in range(CODED_N)]
+CODED_SPLITS = ["test" if i >= 16 else "train" for i in range(CODED_N)]
 # every photometric change off and the crop = the whole image, so a view shows its slot's code
 WHOLE_IMAGE_AUG = ["scale=1,1", "ratio=1,1", "flip_p=0", "brightness=0", "contrast=0", "blur_p=0", "noise_std=0"]
 
@@ -67,3 +71,24 @@ def coded_store(tmp_path_factory):
         Image.fromarray(code_image(i)).save(tmp / "in" / f"img{i:03d}.png")
     _preprocess(tmp / "in", "--out", tmp / "store", "--size", 64)
     return open_store(tmp / "store")
+
+
+@pytest.fixture(scope="session")
+def coded_nih_store(tmp_path_factory):
+    from preprocess.synthetic import NIH_HEADER
+    tmp = tmp_path_factory.mktemp("coded-nih")
+    (tmp / "in").mkdir()
+    names = [f"{i:08d}_000.png" for i in range(CODED_N)]
+    rows = [NIH_HEADER]
+    for i, name in enumerate(names):
+        Image.fromarray(code_image(i)).save(tmp / "in" / name)
+        rows.append(f"{name},No Finding,0,{i},50,M,{CODED_VIEWS[i]},2500,2048,0.168,0.168")
+    (tmp / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
+    for split in ("train", "test"):
+        listed = [n for n, s in zip(names, CODED_SPLITS) if s == split]
+        (tmp / ("train_val_list.txt" if split == "train" else "test_list.txt")).write_text("\n".join(listed) + "\n")
+    _preprocess(tmp / "in", "--dataset", "nih", "--metadata", tmp / "Data_Entry_2017.csv", "--out", tmp / "store",
+                "--size", 64)
+    store = open_store(tmp / "store")
+    assert [r["view"] for r in store.manifest] == CODED_VIEWS and [r["split"] for r in store.manifest] == CODED_SPLITS
+    return store

@@ -4,6 +4,10 @@ Per step: the next pair of views from the loader, one TrainStep (training/step.p
 schedule (linear warmup, then cosine decay to 0). The loss stays on the device: `.item()` runs only at a log line,
 and a non-finite loss is noted on the device (the first such step) and acted on at the next log line or checkpoint,
 which is then not written: the last checkpoint on disk stays the last good one.
+
+Checkpoints: every --checkpoint-every steps, every --checkpoint-minutes of wall time, at the end, and when a
+SIGTERM / SIGINT arrives (training/preempt.py: the step in progress is finished first, and every rank stops at
+the same step).
 """
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ import math
 import time
 
 import torch
-from tqdm import tqdm
 
-from training.logs import RunLog
+from training.logs import Progress, RunLog
+from training.preempt import Agreement, next_batch
 
 
 class NonFiniteLoss(RuntimeError):
@@ -58,9 +62,10 @@ class Meter:
         return self.gpu.summary()["gpu_util_mean"]
 
 
-def train(args, d, loader, method, model, opt, peak, state: dict, log: RunLog, save) -> dict:
+def train(args, d, loader, method, model, opt, peak, state: dict, log: RunLog, save, stop=None) -> dict:
     """The loop. `state`: step, epoch, batch (position in the epoch), total, warmup; `save(state)` writes a
-    checkpoint. Runs to the total, or for --stop-after steps in this invocation. Returns the final state."""
+    checkpoint; `stop`: a training.preempt.StopSignal. Runs to the total, for --stop-after steps in this
+    invocation, or until a signal; then state["stopped_by"] is its number. Returns the final state."""
     from training.gpu_monitor import GpuMonitor
     from training.step import TrainStep
     total, cuda = state["total"], d.device.type == "cuda"
@@ -68,13 +73,15 @@ def train(args, d, loader, method, model, opt, peak, state: dict, log: RunLog, s
     train_step = TrainStep(method, model, opt, d.device)
     meter = Meter(d.device, GpuMonitor(device_index=d.local_rank).start() if cuda else None)
     bad_step = torch.tensor(-1, device=d.device)  # first non-finite step, kept without a sync per step
-    bar = tqdm(total=total, initial=state["step"], disable=not d.main, unit="step", dynamic_ncols=True)
-    while state["step"] < end:
+    progress = Progress(total, state["step"], enabled=d.main, plain=args.no_progress)
+    agree, every_s = Agreement(d.world_size, d.control), args.checkpoint_minutes * 60
+    timer = time.monotonic()  # when the last time-based checkpoint was asked for
+    while state["step"] < end and not state.get("stopped_by"):
         loader.set_epoch(state["epoch"], start_batch=state["batch"])
         batches = iter(loader)
         while state["step"] < end:
             t = time.perf_counter()
-            views = next(batches, None)
+            views = next_batch(batches)
             meter.wait += time.perf_counter() - t
             if views is None:
                 state.update(epoch=state["epoch"] + 1, batch=0)
@@ -85,17 +92,25 @@ def train(args, d, loader, method, model, opt, peak, state: dict, log: RunLog, s
             meter.loss += loss.float()
             meter.n, meter.images = meter.n + 1, meter.images + views[0].shape[0] * d.world_size
             state.update(step=step + 1, batch=state["batch"] + 1)
-            bar.update(1)
-            if state["step"] % args.log_every == 0 or state["step"] == end:
+            progress.update()
+            due = bool(every_s) and d.main and time.monotonic() - timer >= every_s
+            timer = time.monotonic() if due else timer
+            halt, due = agree(stop.signum or 0 if stop else 0, due)
+            last = state["step"] == end or halt
+            if state["step"] % args.log_every == 0 or last:
                 _check_finite(bad_step)
                 rec = meter.record(state["step"], state["epoch"], opt.param_groups[0]["lr"])
                 log.log(rec)
                 state.setdefault("losses", []).append(rec["loss"])
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{rec['images_per_s']:.0f}")
-            if state["step"] % args.checkpoint_every == 0 or state["step"] == end:
+                progress.record(rec)
+            if state["step"] % args.checkpoint_every == 0 or last or due:
                 _check_finite(bad_step)
                 save(state)
-    bar.close()
+            if halt:
+                state["stopped_by"] = halt
+                break
+    agree.close()
+    progress.close()
     if meter.gpu:
         meter.gpu.close()
     return state
