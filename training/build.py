@@ -58,7 +58,8 @@ def thread_plan(kind: str, device: str, workers: int | None, threads: int | None
     process, between steps) and torch every core; beyond, or for dali-cpu (whose views are always made in its own
     threads), one worker or thread and torch the rest. On a GPU torch's host
     threads have little to do (2) and the loader gets the rest (DALI on a GPU: up to 4 threads). --workers and
-    --threads, where given, are kept."""
+    --threads, where given, are kept (`setup` passes OMP_NUM_THREADS as --threads when the flag is not given:
+    a cluster's cpus-per-task, or a test emulating a smaller machine)."""
     share = max(1, cores // max(1, ranks_here))
     dali = kind.startswith("dali")  # DALI needs a thread of its own (0 would mean all cores to it)
     if device == "cpu":
@@ -67,6 +68,11 @@ def thread_plan(kind: str, device: str, workers: int | None, threads: int | None
     if workers is None:
         workers = max(1, min(4, share - 1)) if kind == "dali-gpu" else max(1, share - 2)
     return workers, threads or max(1, min(2, share - workers))
+
+
+def _omp_threads() -> int | None:
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def setup(args, d: distributed.Dist):
@@ -80,8 +86,8 @@ def setup(args, d: distributed.Dist):
     store = open_store(args.store)
     args.loader = args.loader or best_kind()
     config = AugmentConfig.for_store(store, crop_size=args.crop_size, **parse_overrides(args.aug))
-    workers, threads = thread_plan(args.loader, d.device.type, args.workers, args.threads, usable_cores(),
-                                   d.local_world_size)
+    workers, threads = thread_plan(args.loader, d.device.type, args.workers, args.threads or _omp_threads(),
+                                   usable_cores(), d.local_world_size)
     torch.set_num_threads(threads)
     select = from_args(args)
     loader = build_loader(store, args.loader, args.batch_size, config=config, seed=args.seed, rank=d.rank,

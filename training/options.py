@@ -102,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
            "rank's cores less 2, DALI up to 4; with torch's --threads they never ask for more cores than the rank "
            "has, see training/build.py `thread_plan`)")
     a("--threads", type=positive, default=None,
-      help="torch intra-op threads (default: the rank's cores less the loader's, see --workers)")
+      help="torch intra-op threads (default: $OMP_NUM_THREADS where set, else the rank's cores less the loader's, "
+           "see --workers)")
     a("--device", default=None, metavar="cpu|cuda|cuda:N", help="default: cuda if available (cuda:LOCAL_RANK "
                                                                 "under torchrun)")
     a("--resident", action="store_true", help="dali-gpu: copy the whole store to GPU memory once")
