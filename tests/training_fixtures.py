@@ -1,7 +1,7 @@
 """Stores for the training tests (import the fixtures by name into a test module).
 
   tiny_store      48 synthetic phantoms, 64 px: for the loop's mechanics (resume, non-finite, checkpoints)
-  labelled_store  512 synthetic phantoms (Nodule / Fibrosis / No Finding, NIH-format CSV), 96 px: the learning check
+  labelled_store  1,024 synthetic phantoms (Nodule / Fibrosis / No Finding, NIH-format CSV), 64 px: the learning check
   coded_store     24 images, 64 px, whose vertical bands spell their slot index in binary: a view of the whole
                   image (no crop, no photometric change) says which slot it came from
   coded_nih_store the same 24 coded images with an NIH-format CSV and split lists: slot i is view AP when
@@ -45,7 +45,7 @@ def tiny_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def labelled_store(tmp_path_factory):
-    return _synthetic_store(tmp_path_factory.mktemp("labelled"), 1024, 256, 96)
+    return _synthetic_store(tmp_path_factory.mktemp("labelled"), 1024, 256, 64)
 
 
 def code_image(i: int, size: int = 64) -> np.ndarray:

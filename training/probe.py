@@ -1,7 +1,8 @@
 """python -m training.probe --store STORE --encoder ENCODER: did pretraining learn anything?
 
 Frozen 2048-d (resnet50) or 512-d (resnet18) features of every labelled image, then a linear probe (L2-regularised
-logistic regression, full-batch L-BFGS on standardised features) and a kNN vote (k=20, cosine), trained on one
+logistic regression, full-batch L-BFGS on standardised features) and a kNN vote (k=20, cosine: the majority's
+accuracy, and the AUC of the fraction of positive neighbours), trained on one
 group of patients and tested on another: the manifest's split where it has one (NIH's official lists), else 80/20
 by a hash of the patient id. The task is binary: images with --label against images with no label (NIH's
 'No Finding'); images with other labels only are left out. `--compare-random` runs the same probe on a randomly
@@ -65,8 +66,14 @@ def select(manifest: list[dict], label: str | None, subset=None) -> tuple[str, n
         if r["split"] in ("train", "test") and not by_hash:
             test.append(r["split"] == "test")
         else:
-            test.append(int(hashlib.sha1(r["patient_id"].encode()).hexdigest(), 16) % 5 == 0)
+            test.append(patient_fold(r["patient_id"]) == 0)
     return label, np.array(slots), np.array(y, dtype=np.int64), np.array(test)
+
+
+def patient_fold(patient_id: str, folds: int = 5) -> int:
+    """Which of `folds` groups a patient falls in, by a hash of the id: fold 0 is the test split where the
+    manifest has none (so every image of a patient lands on the same side)."""
+    return int(hashlib.sha1(patient_id.encode()).hexdigest(), 16) % folds
 
 
 @torch.no_grad()
@@ -100,10 +107,12 @@ def linear_probe(xtr, ytr, xte, yte, wd: float = 1e-3) -> dict:
     return {"accuracy": float(((score > 0).long() == yte).float().mean()), "auc": auc(score, yte)}
 
 
-def knn(xtr, ytr, xte, yte, k: int = 20) -> float:
+def knn(xtr, ytr, xte, yte, k: int = 20) -> dict:
+    """A k-nearest-neighbour vote (cosine similarity of the features): accuracy of the majority, and the AUC of
+    the fraction of positive neighbours as the score (threshold-free, so less noisy on small test splits)."""
     sim = F.normalize(xte, dim=1) @ F.normalize(xtr, dim=1).T
     votes = ytr[sim.topk(min(k, len(ytr)), dim=1).indices].float().mean(1)
-    return float(((votes > 0.5).long() == yte).float().mean())
+    return {"accuracy": float(((votes > 0.5).long() == yte).float().mean()), "auc": auc(votes, yte)}
 
 
 def auc(score: torch.Tensor, y: torch.Tensor) -> float:
@@ -137,10 +146,11 @@ def evaluate(encoder, store, label=None, size: int = 224, subset=None) -> dict:
     x = features(encoder, store.images, slots, store.mean, store.std, size)
     y = torch.from_numpy(y)
     tr, te = torch.from_numpy(~test), torch.from_numpy(test)
-    res = linear_probe(x[tr], y[tr], x[te], y[te])
+    res, near = linear_probe(x[tr], y[tr], x[te], y[te]), knn(x[tr], y[tr], x[te], y[te])
     return {"label": label, "train": int(tr.sum()), "test": int(te.sum()),
             "test_positive_frac": float(y[te].float().mean()), "linear_accuracy": res["accuracy"],
-            "linear_auc": res["auc"], "knn_accuracy": knn(x[tr], y[tr], x[te], y[te]), "warnings": warnings}
+            "linear_auc": res["auc"], "knn_accuracy": near["accuracy"], "knn_auc": near["auc"],
+            "warnings": warnings}
 
 
 def load_encoder(path: Path, arch: str | None):
