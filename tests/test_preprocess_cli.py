@@ -96,5 +96,6 @@ def test_nothing_usable_exits_1_and_says_see_rejects(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_text("text")
     rc = main([str(tmp_path / "bad"), "--out", str(tmp_path / "s"), "--no-progress"])
-    assert rc == 1 and "no image could be used; see rejects.csv" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 1 and "no image could be used (1 rejected: 1 unsupported file type); see" in err
     assert "unsupported file type" in (tmp_path / "s" / "rejects.csv").read_text()

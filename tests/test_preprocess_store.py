@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import preprocess.store as store_module
+import preprocess.staging as store_module
 from preprocess.build import process_one
 from preprocess.preview import CAPTION
 from preprocess.store import open_store
@@ -33,10 +33,10 @@ def built(inputs, tmp_path, monkeypatch, preprocess_cli):
     writes = []
     original = store_module.write_atomic
 
-    def spy(path: Path, text: str) -> None:
+    def spy(path: Path, text: str, **kw) -> None:
         present = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
         writes.append((Path(path).name, present))
-        original(path, text)
+        original(path, text, **kw)
     monkeypatch.setattr(store_module, "write_atomic", spy)
     rc, stdout, err = preprocess_cli(inputs, "--out", out, "--size", SIZE, "--workers", "2")
     assert rc == 0, err

@@ -1,0 +1,153 @@
+"""Forked worker processes whose death is noticed: a killed worker fails the run fast, with the cause.
+
+`multiprocessing.Pool` replaces a worker that died (the OOM killer's SIGKILL, a SIGBUS) and waits forever for the
+task it held. Here the parent polls its workers' exit codes while it waits for results, and a worker that died
+stops the run with `WorkerDied("worker pid 123 was killed by signal 9 (SIGKILL): out of memory? ...")`. Whatever
+was recorded stays recorded, so the same command resumes.
+
+A task's handler is a generator: it may send several results for one task (a worker streaming a whole archive
+sends one per chunk). Tasks come from an iterable consumed by a feeder thread into a bounded queue, so a task
+source that reads data (the parent streaming an archive to the workers) runs ahead of them by a few tasks only.
+Workers die with the parent (PR_SET_PDEATHSIG), ignore Ctrl-C (the parent handles it and stops them), and the
+parent's heap is frozen for the garbage collector before forking so that workers do not copy it page by page.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import multiprocessing as mp
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+POLL_S = 0.5
+HINTS = {signal.SIGKILL: "out of memory? (the kernel's OOM killer sends SIGKILL: see `dmesg`)",
+         signal.SIGBUS: "a file changed or a disk filled under it?", signal.SIGSEGV: "a crash in a decoder"}
+
+
+class WorkerDied(RuntimeError):
+    """A worker process died or failed; the message says how."""
+
+
+def describe(pid: int, exitcode: int) -> str:
+    if exitcode < 0:
+        sig = signal.Signals(-exitcode)
+        hint = HINTS.get(sig, "killed from outside?")
+        return f"worker pid {pid} was killed by signal {-exitcode} ({sig.name}): {hint}"
+    return f"worker pid {pid} exited with code {exitcode}"
+
+
+def _last_error(result_q) -> str | None:
+    """The error message a failed worker sent before exiting, if it is (still) in the queue."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            kind, payload = result_q.get(timeout=0.1)
+        except queue.Empty:
+            return None
+        if kind == "error":
+            return f"a worker failed: {payload}"
+    return None
+
+
+def _child_setup() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops its workers
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _worker(init: Callable, init_args: tuple, handler: Callable, tasks, results) -> None:
+    _child_setup()
+    try:
+        init(*init_args)
+        while (task := tasks.get()) is not None:
+            for result in handler(task):
+                results.put(("result", result))
+            results.put(("done", None))
+    except BaseException as e:  # a bug or an I/O error outside any one image: report it, do not hang
+        results.put(("error", f"{type(e).__name__}: {e}"))
+        raise SystemExit(1)
+
+
+def run_tasks(tasks: Iterable, handler: Callable[[object], Iterator], *, workers: int, init: Callable,
+              init_args: tuple = ()) -> Iterator:
+    """Yield every result of `handler(task)` for every task, from `workers` forked processes (in-process for 1).
+
+    Raises WorkerDied when a worker dies or fails; KeyboardInterrupt after stopping the workers."""
+    if workers <= 1:
+        init(*init_args)
+        for task in tasks:
+            yield from handler(task)
+        return
+    ctx = mp.get_context("fork")
+    task_q, result_q = ctx.Queue(maxsize=2 * workers), ctx.Queue()
+    gc.freeze()  # the workers inherit a frozen heap: their collector never touches (and so copies) its pages
+    procs = [ctx.Process(target=_worker, args=(init, init_args, handler, task_q, result_q), daemon=True)
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+    gc.unfreeze()
+    stop, fed = threading.Event(), {"n": None, "error": None}
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                task_q.put(item, timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def feed() -> None:
+        n = 0
+        try:
+            for task in tasks:
+                if not put(task):
+                    return
+                n += 1
+        except BaseException as e:  # the task source failed: stop the run with its message
+            fed["error"] = e
+            return
+        fed["n"] = n
+        for _ in procs:
+            put(None)
+
+    feeder = threading.Thread(target=feed, daemon=True, name="preprocess-feeder")
+    feeder.start()
+    finished, checked = 0, time.monotonic()
+    try:
+        while fed["n"] is None or finished < fed["n"]:
+            if fed["error"] is not None:
+                raise fed["error"]
+            try:
+                kind, payload = result_q.get(timeout=POLL_S)
+            except queue.Empty:
+                kind = None
+            if kind is None or time.monotonic() - checked > POLL_S:  # poll exit codes, busy or not
+                checked = time.monotonic()
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise WorkerDied(_last_error(result_q) or describe(dead[0].pid, dead[0].exitcode))
+            if kind is None:
+                continue
+            if kind == "result":
+                yield payload
+            elif kind == "done":
+                finished += 1
+            else:
+                raise WorkerDied(f"a worker failed: {payload}")
+        for p in procs:
+            p.join(timeout=30)
+    finally:
+        stop.set()
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=10)
+        feeder.join(timeout=5)
+        task_q.cancel_join_thread()
+        result_q.cancel_join_thread()
