@@ -23,13 +23,12 @@ from preprocess import build
 from preprocess.lock import WriterLock
 from preprocess.pixels import FIT, NORMALIZE
 from preprocess.resume import EmptyRun, check_finished, empty_message, start_or_resume
-from preprocess.staging import Staging, discard, finalize
+from preprocess.finalize import discard, finalize
+from preprocess.staging import Staging, remove_store
 from preprocess.store import open_store
 from preprocess.workers import WorkerDied
 
 log = logging.getLogger("preprocess")
-OUTPUT_NAMES = ("images.npy", "images.npy.tmp", "manifest.csv", "manifest.csv.tmp", "rejects.csv",
-                "rejects.csv.tmp", "store.json.tmp")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,14 +64,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.size < 8 or args.workers < 1 or args.min_side < 1:
         p.error("--size must be >= 8, --workers and --min-side >= 1")
     return args
-
-
-def remove_store(out: Path) -> None:
-    """Delete a finished or partial store, store.json first (never a finished store with missing parts)."""
-    (out / "store.json").unlink(missing_ok=True)
-    Staging(out).remove()
-    for name in OUTPUT_NAMES:
-        (out / name).unlink(missing_ok=True)
 
 
 def _build(args, out: Path, command: str):

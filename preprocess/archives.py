@@ -1,7 +1,9 @@
 """Archives as inputs (.tar, .tar.gz/.tgz, .zip): list their members, and read members' bytes without extracting.
 
-Three kinds, told apart by content, not by name:
+Kinds, told apart by content, not by name:
   zip     random access: a worker opens the archive once and reads any member (`infolist()` index in the plan)
+  zipscan a zip whose central directory is lost (a cut-short download): its members are found from their local
+          headers, front to back, and each is read at its offset (stored or deflated, CRC checked)
   tar     an uncompressed tar, random access too: a member is `size` bytes at `offset` (os.pread)
   stream  a compressed tar (gzip, also bzip2/xz): a stream, read front to back. Listing it costs one pass of
           decompression (no decoding); decoding streams it again, handing each wanted member's bytes on.
@@ -13,6 +15,7 @@ archive keeps the members listed before the damage and reports where it stopped.
 from __future__ import annotations
 
 import os
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -22,6 +25,7 @@ from pathlib import Path
 
 SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 STREAM_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # signature, version, flags, method, time, date, crc, sizes, lengths
 READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
 
 
@@ -48,10 +52,12 @@ def _hidden(name: str) -> bool:
 
 @dataclass
 class Listing:
-    """The members of one archive: (position, name, offset, size) each, skipped (name, reason), and an error."""
+    """The members of one archive: (position, name, offset, size, crc) each, skipped (name, reason), an error.
+
+    position: the member's index (zip, tar) or its compression method (zipscan); crc: -1 unless zipscan."""
 
     kind: str
-    members: list[tuple[int, str, int, int]] = field(default_factory=list)
+    members: list[tuple[int, str, int, int, int]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
 
@@ -65,10 +71,14 @@ def list_members(path: str | Path) -> Listing:
     out = Listing(kind)
     try:
         if kind == "zip":
-            with zipfile.ZipFile(path) as zf:
+            try:
+                zf = zipfile.ZipFile(path)
+            except zipfile.BadZipFile as e:
+                return _scan_zip(path, _error(e))
+            with zf:
                 for i, info in enumerate(zf.infolist()):
                     if not info.is_dir() and not _hidden(info.filename):
-                        out.members.append((i, info.filename, -1, info.file_size))
+                        out.members.append((i, info.filename, -1, info.file_size, -1))
             return out
         with tarfile.open(path, "r:" if kind == "tar" else "r|*") as tf:
             for i, m in enumerate(tf):
@@ -78,10 +88,38 @@ def list_members(path: str | Path) -> Listing:
                     out.skipped.append((m.name, "a link or special member of an archive: not followed"
                                         if not m.issparse() else "a sparse member of an archive: not supported"))
                     continue
-                out.members.append((i, m.name, m.offset_data if kind == "tar" else -1, m.size))
+                out.members.append((i, m.name, m.offset_data if kind == "tar" else -1, m.size, -1))
     except READ_ERRORS as e:
         where = f"after {len(out.members)} members" if out.members else "at its start"
-        out.error = f"truncated or corrupt {kind} archive, unreadable {where}: {_error(e)}"
+        what = {"tar": "tar", "stream": "compressed tar"}[kind]
+        out.error = f"truncated or corrupt {what} archive, unreadable {where}: {_error(e)}"
+    return out
+
+
+def _scan_zip(path: str | Path, why: str) -> Listing:
+    """The members of a zip without its central directory, from the local headers (sizes known, no zip64)."""
+    out, end = Listing("zipscan"), os.path.getsize(path)
+    with open(path, "rb") as f:
+        pos = 0
+        while True:
+            head = f.read(LOCAL_HEADER.size)
+            if len(head) < LOCAL_HEADER.size or not head.startswith(b"PK\x03\x04"):
+                break
+            _, _, flags, method, _, _, crc, csize, _, nlen, xlen = LOCAL_HEADER.unpack(head)
+            name = f.read(nlen).decode("utf-8" if flags & 0x800 else "cp437")
+            data = pos + LOCAL_HEADER.size + nlen + xlen
+            if flags & 0x8 or csize == 0xFFFFFFFF or method not in (0, 8):
+                out.error = f"{name}: sizes in a data descriptor, zip64 or compression {method}: cannot go on"
+                break
+            if data + csize > end:
+                out.skipped.append((name, "member cut short: the archive is truncated"))
+                break
+            if not name.endswith("/") and not _hidden(name):
+                out.members.append((method, name, data, csize, crc))
+            pos = data + csize
+            f.seek(pos)
+    what = f"{len(out.members)} members recovered from their local headers" if out.members else "nothing readable"
+    out.error = f"truncated or corrupt zip archive ({why}): {what}" + (f"; stopped at {out.error}" if out.error else "")
     return out
 
 
@@ -92,8 +130,8 @@ class MemberReader:
         self._zips: dict[str, tuple[zipfile.ZipFile, list]] = {}
         self._fds: dict[str, int] = {}
 
-    def read(self, archive: str, kind: str, position: int, offset: int, size: int) -> bytes:
-        """The member's bytes; raises OSError/ValueError-like READ_ERRORS when it cannot be read."""
+    def read(self, archive: str, kind: str, position: int, offset: int, size: int, crc: int = -1) -> bytes:
+        """The member's bytes; raises one of READ_ERRORS when it cannot be read."""
         if kind == "zip":
             if archive not in self._zips:
                 zf = zipfile.ZipFile(archive)
@@ -105,6 +143,11 @@ class MemberReader:
         data = os.pread(self._fds[archive], size, offset)
         if len(data) != size:
             raise EOFError(f"archive truncated: {len(data)} of the member's {size} bytes")
+        if kind == "zipscan":
+            if position == 8:
+                data = zlib.decompress(data, -zlib.MAX_WBITS)
+            if zlib.crc32(data) != crc:
+                raise zipfile.BadZipFile("Bad CRC-32 for the member")
         return data
 
     def close(self) -> None:

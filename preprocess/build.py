@@ -86,7 +86,7 @@ def _read(row: dict) -> tuple[bytes | None, str]:
         return None, ""
     try:
         return _STATE["reader"].read(row["file"], row["kind"], int(row["position"]), int(row["offset"]),
-                                     int(row["size"])), ""
+                                     int(row["size"]), int(row["crc"])), ""
     except READ_ERRORS as e:
         return None, f"unreadable archive member: {' '.join(f'{type(e).__name__}: {e}'.split())[:200]}"
 
@@ -145,7 +145,7 @@ def _stream_tasks(rows: list[dict], pending: list[tuple[int, int]]) -> dict[str,
 def _tasks(rows, pending, streams, fan_out: bool) -> Iterator[tuple]:
     if not fan_out:  # the long ones first, so that the file chunks fill in around them
         yield from (("stream", a, *task) for a, task in streams.items())
-    keys = ("path", "file", "kind", "position", "offset", "size")
+    keys = ("path", "file", "kind", "position", "offset", "size", "crc")
     for start, end in pending:
         if rows[start]["kind"] != "stream":
             yield "rows", start, [{k: rows[i][k] for k in keys} for i in range(start, end)]

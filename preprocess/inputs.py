@@ -22,8 +22,8 @@ from pathlib import Path
 from preprocess.archives import is_archive, list_members
 from preprocess.metadata import folder_record, load_metadata
 
-PLAN_FIELDS = ["path", "file", "kind", "position", "offset", "size", "dataset", "patient_id", "view", "labels",
-               "split"]
+PLAN_FIELDS = ["path", "file", "kind", "position", "offset", "size", "crc", "dataset", "patient_id", "view",
+               "labels", "split"]
 
 
 def shown(name: str) -> str:
@@ -126,12 +126,12 @@ def _candidates(root: Path, files: list[Path], workers: int) -> tuple[list[dict]
         rel = shown(f.relative_to(root).as_posix())
         if f not in listings:
             out.append({"path": rel, "file": str(f), "kind": "file", "position": -1, "offset": -1, "size": -1,
-                        "base": f.name})
+                        "crc": -1, "base": f.name})
             continue
         lst = listings[f]
-        for pos, name, offset, size in lst.members:
+        for pos, name, offset, size, crc in lst.members:
             out.append({"path": f"{rel}/{shown(name)}", "file": str(f), "kind": lst.kind, "position": pos,
-                        "offset": offset, "size": size, "base": name.rsplit("/", 1)[-1]})
+                        "offset": offset, "size": size, "crc": crc, "base": name.rsplit("/", 1)[-1]})
         rejects += [{"path": f"{rel}/{shown(name)}", "reason": reason} for name, reason in lst.skipped]
         if lst.error:
             rejects.append({"path": rel, "reason": lst.error + ("; the members before it are kept"
