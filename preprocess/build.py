@@ -8,13 +8,15 @@ Work comes in three kinds of task:
   rows     a chunk of files, or of members of a zip / plain tar (random access): the worker reads and decodes them
   stream   a whole compressed tar, streamed front to back by one worker, members of recorded chunks read past and
            not decoded; one result per chunk (parallel across archives)
-  bytes    a chunk of a compressed tar's members, already read: the parent streams the archive and hands member
-           bytes to every worker (fan-out), for when there are fewer archives than workers
+  bytes    a chunk of a compressed tar's members, already read: the parent streams the archives (one thread
+           each, side by side: zlib lets go of the GIL) and hands member bytes to every worker (fan-out), for
+           when there are fewer archives than workers
 `archive_mode="auto"` streams per archive when there are at least as many compressed tars left as workers, and fans
 out otherwise; `benchmarks.preprocess_archives` measures the two side by side.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 
@@ -142,17 +144,19 @@ def _stream_tasks(rows: list[dict], pending: list[tuple[int, int]]) -> dict[str,
     return out
 
 
-def _tasks(rows, pending, streams, fan_out: bool) -> Iterator[tuple]:
-    if not fan_out:  # the long ones first, so that the file chunks fill in around them
-        yield from (("stream", a, *task) for a, task in streams.items())
+def _sources(rows, pending, streams, fan_out: bool) -> list:
+    """The task sources: the long streaming tasks first (so that file chunks fill in around them), the file and
+    random-access chunks, and in fan-out mode one source per compressed tar, read in the parent side by side."""
     keys = ("path", "file", "kind", "position", "offset", "size", "crc")
-    for start, end in pending:
-        if rows[start]["kind"] != "stream":
-            yield "rows", start, [{k: rows[i][k] for k in keys} for i in range(start, end)]
-    if fan_out:  # read here, in the parent's feeder thread; workers decode
-        for archive, (spans, wanted, names) in streams.items():
-            items = ((slot, names[slot], data, reason) for slot, data, reason in stream_members(archive, wanted))
-            yield from _per_chunk(spans, items, decode=False)
+    chunked = (("rows", start, [{k: rows[i][k] for k in keys} for i in range(start, end)])
+               for start, end in pending if rows[start]["kind"] != "stream")
+    if not fan_out:
+        return [itertools.chain((("stream", a, *task) for a, task in streams.items()), chunked)]
+
+    def read(archive, spans, wanted, names):
+        items = ((slot, names[slot], data, reason) for slot, data, reason in stream_members(archive, wanted))
+        yield from _per_chunk(spans, items, decode=False)
+    return [chunked] + [read(a, *task) for a, task in streams.items()]
 
 
 def run(staging: Staging, workers: int, *, progress: bool = True, archive_mode: str = "auto") -> tuple[int, int]:
@@ -171,7 +175,7 @@ def run(staging: Staging, workers: int, *, progress: bool = True, archive_mode: 
                smoothing=0.1, dynamic_ncols=True)
     processed = 0
     try:
-        for start, res in run_tasks(_tasks(rows, pending, streams, fan_out), _handle, workers=workers,
+        for start, res in run_tasks(_sources(rows, pending, streams, fan_out), _handle, workers=workers,
                                     init=_init_worker, init_args=(str(staging.root), settings)):
             staging.record(start, res)
             processed += len(res)

@@ -6,8 +6,8 @@ stops the run with `WorkerDied("worker pid 123 was killed by signal 9 (SIGKILL):
 was recorded stays recorded, so the same command resumes.
 
 A task's handler is a generator: it may send several results for one task (a worker streaming a whole archive
-sends one per chunk). Tasks come from an iterable consumed by a feeder thread into a bounded queue, so a task
-source that reads data (the parent streaming an archive to the workers) runs ahead of them by a few tasks only.
+sends one per chunk). Tasks come from iterables, each consumed by a feeder thread into one bounded queue, so a
+task source that reads data (the parent streaming an archive to the workers) runs ahead of them by a few tasks.
 Workers die with the parent (PR_SET_PDEATHSIG), ignore Ctrl-C (the parent handles it and stops them), and the
 parent's heap is frozen for the garbage collector before forking so that workers do not copy it page by page.
 """
@@ -72,15 +72,18 @@ def _worker(init: Callable, init_args: tuple, handler: Callable, tasks, results)
         raise SystemExit(1)
 
 
-def run_tasks(tasks: Iterable, handler: Callable[[object], Iterator], *, workers: int, init: Callable,
+def run_tasks(sources: list[Iterable], handler: Callable[[object], Iterator], *, workers: int, init: Callable,
               init_args: tuple = ()) -> Iterator:
-    """Yield every result of `handler(task)` for every task, from `workers` forked processes (in-process for 1).
+    """Yield every result of `handler(task)` for every task of every source, from `workers` forked processes
+    (in-process for 1). Each source is consumed by its own feeder thread, so sources that read data (archives
+    streamed by the parent) read side by side.
 
     Raises WorkerDied when a worker dies or fails; KeyboardInterrupt after stopping the workers."""
     if workers <= 1:
         init(*init_args)
-        for task in tasks:
-            yield from handler(task)
+        for tasks in sources:
+            for task in tasks:
+                yield from handler(task)
         return
     ctx = mp.get_context("fork")
     task_q, result_q = ctx.Queue(maxsize=2 * workers), ctx.Queue()
@@ -90,7 +93,8 @@ def run_tasks(tasks: Iterable, handler: Callable[[object], Iterator], *, workers
     for p in procs:
         p.start()
     gc.unfreeze()
-    stop, fed = threading.Event(), {"n": None, "error": None}
+    stop, lock = threading.Event(), threading.Lock()
+    fed = {"n": 0, "open": len(sources), "error": None}
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -101,25 +105,29 @@ def run_tasks(tasks: Iterable, handler: Callable[[object], Iterator], *, workers
                 continue
         return False
 
-    def feed() -> None:
-        n = 0
+    def feed(tasks) -> None:
         try:
             for task in tasks:
                 if not put(task):
                     return
-                n += 1
+                with lock:
+                    fed["n"] += 1
         except BaseException as e:  # the task source failed: stop the run with its message
             fed["error"] = e
             return
-        fed["n"] = n
-        for _ in procs:
-            put(None)
+        with lock:
+            fed["open"] -= 1
+            last = fed["open"] == 0
+        if last:
+            for _ in procs:
+                put(None)
 
-    feeder = threading.Thread(target=feed, daemon=True, name="preprocess-feeder")
-    feeder.start()
+    feeders = [threading.Thread(target=feed, args=(t,), daemon=True, name="preprocess-feeder") for t in sources]
+    for t in feeders:
+        t.start()
     finished, checked = 0, time.monotonic()
     try:
-        while fed["n"] is None or finished < fed["n"]:
+        while fed["open"] > 0 or finished < fed["n"]:
             if fed["error"] is not None:
                 raise fed["error"]
             try:
@@ -148,6 +156,7 @@ def run_tasks(tasks: Iterable, handler: Callable[[object], Iterator], *, workers
                 p.terminate()
         for p in procs:
             p.join(timeout=10)
-        feeder.join(timeout=5)
+        for t in feeders:
+            t.join(timeout=5)
         task_q.cancel_join_thread()
         result_q.cancel_join_thread()
