@@ -93,7 +93,8 @@ def run_build(inputs: list[Path], csv: Path, out: Path, *, workers: int, size: i
                 peak["parent_rss"], peak["parent_uss"] = max(peak["parent_rss"], rss), max(peak["parent_uss"], uss)
                 for child in parent.children():
                     rss, uss = _memory(child)
-                    peak["worker_rss"], peak["worker_uss"] = max(peak["worker_rss"], rss), max(peak["worker_uss"], uss)
+                    peak["worker_rss"] = max(peak["worker_rss"], rss)
+                    peak["worker_uss"] = max(peak["worker_uss"], uss)
             except psutil.Error:
                 pass
             if kill_at is not None and (out / ".partial" / "plan.json").exists():

@@ -1,13 +1,19 @@
 """python -m preprocess INPUT... --out STORE: decode every image once into one uint8 memmap store.
 
 Examples:
-  python -m preprocess /data/nih/images --dataset nih --metadata /data/nih/Data_Entry_2017_v2020.csv --out stores/nih
+  python -m preprocess /data/nih/images_*.tar.gz --dataset nih --metadata /data/nih/Data_Entry_2017_v2020.csv \\
+      --out stores/nih                                           # the archives as downloaded, never extracted
   python -m preprocess /data/padchest --dataset padchest --metadata PADCHEST_chest_x_ray_images_labels_160K.csv.gz \\
-      --normalize percentile --out stores/padchest
+      --normalize percentile --out stores/padchest               # a folder of PNGs, or of the 0.zip ... 54.zip
+  python -m preprocess /data/nih/images_*.tar.gz --dataset nih --metadata Data_Entry_2017_v2020.csv \\
+      --and /data/padchest/*.zip --dataset padchest --metadata PADCHEST_...csv.gz --out stores/cxr  # both in one
   python -m preprocess scans/ --out stores/mine --preview sheet.png
 
 Interrupted (Ctrl-C, kill -9, a crash)? Run the same command again: it resumes, and the finished store is
-byte-identical to one built in a single go. --overwrite starts afresh.
+byte-identical to one built in a single go; a resume whose inputs changed refuses and says what changed.
+--overwrite starts afresh. One run at a time per --out (a second one is refused, naming the first one's pid).
+Check a store's pixels against its checksums with `python -m preprocess.verify STORE`; concatenate finished stores
+with `python -m preprocess.merge`.
 """
 from __future__ import annotations
 
@@ -31,13 +37,18 @@ from preprocess.workers import WorkerDied
 log = logging.getLogger("preprocess")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+GROUP_FLAGS = ("inputs", "dataset", "metadata", "train_list", "test_list")
+AND = "--and"
+
+
+def _parser(required: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m preprocess", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, archives (.tar, .tar.gz/.tgz, .zip: read in place, never extracted) or "
-                        "folders of either (searched recursively)")
-    p.add_argument("--out", required=True, type=Path, help="store folder to write (created if needed)")
+                        "folders of either (searched recursively). `--and INPUT... --dataset D --metadata CSV` "
+                        "adds another group of inputs with its own metadata to the same store")
+    p.add_argument("--out", required=required, type=Path, help="store folder to write (created if needed)")
     p.add_argument("--dataset", choices=("nih", "padchest", "folder"), default="folder",
                    help="metadata format (default: folder, i.e. no CSV: patient id = file stem, no labels)")
     p.add_argument("--metadata", type=Path, help="metadata CSV (.csv or .csv.gz); required for nih and padchest")
@@ -58,9 +69,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="delete an existing or partial store at --out first")
     p.add_argument("--preview", type=Path, metavar="FILE.png", help="also write a contact sheet of stored images")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
-    args = p.parse_args(argv)
-    if args.dataset != "folder" and args.metadata is None:
-        p.error(f"--dataset {args.dataset} needs --metadata CSV")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags; `args.groups` holds each input group's inputs, dataset, metadata and split lists (one group
+    unless `--and` starts more); every other flag applies to the whole store and may be given in any group."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    segments = [[]]
+    for token in argv:
+        segments.append([]) if token == AND else segments[-1].append(token)
+    p = _parser()
+    if len(segments) == 1:
+        args = p.parse_args(argv)
+        args.groups = [argparse.Namespace(**{k: getattr(args, k) for k in GROUP_FLAGS})]
+    else:
+        loose, common, groups = _parser(required=False), {}, []
+        defaults = vars(loose.parse_args(["x"]))
+        for seg in segments:
+            ns = vars(loose.parse_args(seg))
+            groups.append(argparse.Namespace(**{k: ns.pop(k) for k in GROUP_FLAGS}))
+            for k, v in ns.items():  # a flag of the whole store: the value given, in whichever group
+                if v != defaults[k] and common.setdefault(k, v) != v:
+                    p.error(f"--{k.replace('_', '-')} is given twice with different values")
+        if "out" not in common:
+            p.error("the following arguments are required: --out")
+        args = argparse.Namespace(**{**defaults, **common, **vars(groups[0])}, groups=groups)
+    for g in args.groups:
+        if g.dataset != "folder" and g.metadata is None:
+            p.error(f"--dataset {g.dataset} needs --metadata CSV")
     if args.size < 8 or args.workers < 1 or args.min_side < 1:
         p.error("--size must be >= 8, --workers and --min-side >= 1")
     return args

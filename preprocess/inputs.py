@@ -57,8 +57,13 @@ def discover(inputs: list[str | Path]) -> tuple[Path, list[Path], list[dict]]:
                 keep.append(d)
             dirnames[:] = keep
             files.update(Path(dirpath) / f for f in filenames if not f.startswith("."))
-    roots = [str(p if p.is_dir() else p.parent) for p in paths]
-    return Path(os.path.commonpath(roots)), sorted(files), skipped
+    return common_root(paths), sorted(files), skipped
+
+
+def common_root(paths: list[str | Path]) -> Path:
+    """The folder that manifest paths are relative to: the common path of the input folders (a file's parent)."""
+    resolved = [Path(p).resolve() for p in paths]
+    return Path(os.path.commonpath([str(p if p.is_dir() else p.parent) for p in resolved]))
 
 
 def _walk(top: Path, *, follow: bool):
@@ -140,11 +145,13 @@ def _candidates(root: Path, files: list[Path], workers: int) -> tuple[list[dict]
 
 
 def plan(inputs: list[str | Path], dataset: str, metadata: str | Path | None = None, *, train_list=None,
-         test_list=None, exclude: Path | None = None, workers: int = 1):
+         test_list=None, exclude: Path | None = None, workers: int = 1, root: Path | None = None):
     """Returns (root, rows, rejects, counts, fingerprints): candidate rows in slot order, inputs rejected before
     decoding, metadata counts (rows in the CSV, images matched, listed but absent, present but not listed,
-    duplicate basenames), and the fingerprint of every file found."""
-    root, files, skipped = found_files(inputs, exclude)
+    duplicate basenames), and the fingerprint of every file found. Paths are relative to `root` (default: the
+    inputs' common root; several plans of one store share the root of all their inputs)."""
+    found_root, files, skipped = found_files(inputs, exclude)
+    root = root or found_root
     meta = None if dataset == "folder" else load_metadata(dataset, metadata, train_list=train_list,
                                                           test_list=test_list)
     candidates, rejects = _candidates(root, files, workers)

@@ -18,7 +18,8 @@ from preprocess import inputs
 from preprocess.staging import Staging, write_atomic
 from preprocess.store import REJECT_FIELDS, csv_text, text_checksum
 
-PLAN_KEYS = ("inputs", "dataset", "metadata", "train_list", "test_list", "size", "normalize", "fit", "min_side")
+GROUP_KEYS = ("inputs", "dataset", "metadata", "train_list", "test_list")
+PLAN_KEYS = ("size", "normalize", "fit", "min_side")
 DIGEST_KEYS = ("metadata_blake2b", "train_list_blake2b", "test_list_blake2b")
 WAYS_ON = "restore the inputs as they were and rerun, or add --overwrite to start afresh from the inputs as they are"
 
@@ -39,23 +40,40 @@ def empty_message(out: Path, rejects: list[dict]) -> str:
 
 
 def settings_of(args, command: str) -> dict:
+    """What shapes the store: each input group (inputs, dataset, metadata, split lists, their checksums) and the
+    pixel recipe. `inputs` and `dataset` also summarize all groups, for store.json."""
+    groups = [_group_settings(g) for g in args.groups]
+    return {"groups": groups, "inputs": [i for g in groups for i in g["inputs"]],
+            "dataset": "+".join(dict.fromkeys(g["dataset"] for g in groups)), "size": args.size,
+            "normalize": args.normalize, "fit": args.fit, "min_side": args.min_side, "command": command}
+
+
+def _group_settings(g) -> dict:
     def absolute(p):
         return str(p.resolve()) if p else None
-    return {"inputs": [str(Path(i).resolve()) for i in args.inputs], "dataset": args.dataset,
-            "metadata": absolute(args.metadata), "train_list": absolute(args.train_list),
-            "test_list": absolute(args.test_list), "size": args.size, "normalize": args.normalize,
-            "fit": args.fit, "min_side": args.min_side, "command": command, **_digests(args)}
+    return {"inputs": [str(Path(i).resolve()) for i in g.inputs], "dataset": g.dataset,
+            "metadata": absolute(g.metadata), "train_list": absolute(g.train_list),
+            "test_list": absolute(g.test_list), **_digests(g)}
 
 
-def _digests(args) -> dict:
+def _digests(g) -> dict:
     """Checksums of the metadata CSV and of the split lists in use (given, or found next to the CSV)."""
     from preprocess.metadata import NIH_SPLIT_FILES
-    files = {"metadata": args.metadata, "train_list": args.train_list, "test_list": args.test_list}
+    files = {"metadata": g.metadata, "train_list": g.train_list, "test_list": g.test_list}
     for split, name in NIH_SPLIT_FILES.items():
-        if args.dataset == "nih" and files[f"{split}_list"] is None and args.metadata is not None:
-            files[f"{split}_list"] = args.metadata.parent / name
+        if g.dataset == "nih" and files[f"{split}_list"] is None and g.metadata is not None:
+            files[f"{split}_list"] = g.metadata.parent / name
     return {f"{k}_blake2b": inputs.file_checksum(p) if p is not None and Path(p).is_file() else None
             for k, p in files.items()}
+
+
+def _all_inputs(args) -> list:
+    return [i for g in args.groups for i in g.inputs]
+
+
+def _prints(args) -> list[dict]:
+    """The fingerprints of every file found under all the inputs (the store being written left out)."""
+    return inputs.fingerprints(inputs.found_files(_all_inputs(args), args.out)[1])
 
 
 def _fingerprint_digest(prints: list[dict]) -> str:
@@ -63,11 +81,18 @@ def _fingerprint_digest(prints: list[dict]) -> str:
 
 
 def _changed_settings(old: dict, new: dict) -> list[str]:
-    return [k for k in PLAN_KEYS if old.get(k) != new[k]]
+    og, ng = old.get("groups") or [], new["groups"]
+    if len(og) != len(ng):
+        changed = ["inputs"]
+    else:
+        changed = [k for k in GROUP_KEYS if any(a.get(k) != b[k] for a, b in zip(og, ng))]
+    return changed + [k for k in PLAN_KEYS if old.get(k) != new[k]]
 
 
 def _changed_digests(old: dict, new: dict) -> list[str]:
-    return [k.removesuffix("_blake2b").replace("_", "-") for k in DIGEST_KEYS if old.get(k) != new[k]]
+    pairs = list(zip(old.get("groups") or [], new["groups"]))
+    return [k.removesuffix("_blake2b").replace("_", "-") for k in DIGEST_KEYS if any(a.get(k) != b[k]
+                                                                                      for a, b in pairs)]
 
 
 def check_finished(args, meta: dict, command: str) -> None:
@@ -78,8 +103,7 @@ def check_finished(args, meta: dict, command: str) -> None:
         raise ValueError(f"{args.out} already holds a store built with other settings ({', '.join(changed)}): "
                          f"add --overwrite to rebuild it with these, or choose another --out")
     digests = _changed_digests(old, new)
-    _, files, _ = inputs.found_files(args.inputs, args.out)
-    if digests or old.get("inputs_blake2b") != _fingerprint_digest(inputs.fingerprints(files)):
+    if digests or old.get("inputs_blake2b") != _fingerprint_digest(_prints(args)):
         what = f"the {', '.join(digests)} file changed" if digests else "input files were added, removed or changed"
         raise ValueError(f"{args.out} holds a store built from other inputs ({what} since it was built): add "
                          f"--overwrite to rebuild it from the inputs as they are now, or choose another --out")
@@ -95,8 +119,7 @@ def _check_resume(args, staging: Staging, new: dict) -> None:
     digests = _changed_digests(old, new)
     if digests:
         raise ValueError(f"the {', '.join(digests)} file changed since this partial store was started: {WAYS_ON}")
-    _, files, _ = inputs.found_files(args.inputs, args.out)
-    added, removed, changed = inputs.changes(staging.fingerprints(), inputs.fingerprints(files))
+    added, removed, changed = inputs.changes(staging.fingerprints(), _prints(args))
     if added or removed or changed:
         example = next(f"{what} {inputs.shown(p)}" for what, ps in (("added", added), ("removed", removed),
                                                                      ("changed", changed)) for p in ps[:1])
@@ -113,17 +136,23 @@ def start_or_resume(args, staging: Staging, command: str) -> None:
         _check_resume(args, staging, new)
         print(f"resuming the partial store in {args.out}", file=sys.stderr)
         return
-    root, rows, rejects, counts, prints = inputs.plan(
-        args.inputs, args.dataset, args.metadata, train_list=args.train_list, test_list=args.test_list,
-        exclude=args.out, workers=args.workers)
-    if counts:
-        dup = counts["duplicate_basenames"]
-        print(f"metadata: {counts['metadata_rows']} rows; {counts['matched']} images matched, "
-              f"{counts['listed_missing']} listed but absent, {counts['unlisted']} present but not listed"
-              + (f", {dup} rejected for sharing a basename" if dup else ""), file=sys.stderr)
+    root = inputs.common_root(_all_inputs(args))
+    rows, rejects, counts = [], [], {}
+    for g in args.groups:
+        _, r, rj, c, _ = inputs.plan(g.inputs, g.dataset, g.metadata, train_list=g.train_list,
+                                      test_list=g.test_list, exclude=args.out, workers=args.workers, root=root)
+        rows, rejects = rows + r, rejects + rj
+        for k, v in c.items():
+            counts[k] = counts.get(k, 0) + v
+        if c:
+            dup = c["duplicate_basenames"]
+            print(f"metadata ({g.dataset}): {c['metadata_rows']} rows; {c['matched']} images matched, "
+                  f"{c['listed_missing']} listed but absent, {c['unlisted']} present but not listed"
+                  + (f", {dup} rejected for sharing a basename" if dup else ""), file=sys.stderr)
+    prints = _prints(args)
     if not rows:
         if not rejects:
-            raise ValueError(f"no usable input files under {', '.join(map(str, args.inputs))}: nothing found")
+            raise ValueError(f"no usable input files under {', '.join(map(str, _all_inputs(args)))}: nothing found")
         write_atomic(args.out / "rejects.csv", csv_text(REJECT_FIELDS, rejects))
         raise EmptyRun(empty_message(args.out, rejects))
     new.update(root=str(root), plan_rejects=rejects, metadata_counts=counts,

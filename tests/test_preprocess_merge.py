@@ -4,6 +4,8 @@
   manifest.csv to one build over both folders, the same mean/std (measured over the result), the same rejects.
 - An NIH and a PadChest store merged: every row keeps its dataset, view, labels and split (what `--views`,
   `--datasets` and `--split` select on); a rerun is "nothing to do".
+- The one-command form (`--and` starts another input group with its own --dataset and --metadata) builds the
+  same store as the merge of the groups built alone.
 - Stores of different recipes are refused, naming what differs; a damaged input is refused, naming its slots.
 - Killed (a real SIGKILL, sent by the merge to itself after its second chunk): the same command resumes and ends
   byte-identical to an uninterrupted merge.
@@ -103,6 +105,23 @@ def test_merged_nih_and_padchest_keep_dataset_view_and_split_per_row(two_nih, tm
                                                                                       np.load(pc / "images.npy"))
     meta = json.loads((merged / "store.json").read_text())
     assert meta["dataset"] == "nih+padchest" and meta["mean"] == pytest.approx(images.mean() / 255, abs=1e-12)
+
+
+def test_one_command_with_two_groups_equals_the_merge_of_their_stores(two_nih, tmp_path):
+    root, csv_path, a, _, _ = two_nih
+    pc_csv = generate(tmp_path / "pc", 12, "padchest", size=64, workers=1)
+    pc = _build(tmp_path / "store_pc", tmp_path / "pc" / "images", "--dataset", "padchest", "--metadata", pc_csv)
+    merged = tmp_path / "merged"
+    assert merge_cli.main([str(a), str(pc), "--out", str(merged), "--no-progress"]) == 0
+    one = _build(tmp_path / "one", root / "a", "--dataset", "nih", "--metadata", csv_path,
+                 "--and", tmp_path / "pc" / "images", "--dataset", "padchest", "--metadata", pc_csv)
+    assert _rows(one) != [] and [r["dataset"] for r in _rows(one)] == ["nih"] * 25 + ["padchest"] * 12
+    for name in ("images.npy",):
+        assert (one / name).read_bytes() == (merged / name).read_bytes()
+    strip = [{k: v for k, v in r.items() if k != "path"} for r in _rows(one)]
+    assert strip == [{k: v for k, v in r.items() if k != "path"} for r in _rows(merged)]
+    assert [r["path"] for r in _rows(one)] == [r["path"] for r in _rows(merged)]
+    assert json.loads((one / "store.json").read_text())["dataset"] == "nih+padchest"
 
 
 def test_stores_of_other_recipes_or_damaged_ones_are_refused(two_nih, tmp_path, capsys):
