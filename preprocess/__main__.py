@@ -32,7 +32,7 @@ from preprocess.resume import EmptyRun, check_finished, empty_message, start_or_
 from preprocess.finalize import discard, finalize
 from preprocess.staging import Staging, remove_store
 from preprocess.store import open_store
-from preprocess.workers import WorkerDied
+from preprocess.workers import WorkerDied, WorkerPool
 
 log = logging.getLogger("preprocess")
 
@@ -114,11 +114,12 @@ def _build(args, out: Path, command: str):
         store = open_store(out)
         check_finished(args, store.meta, command)
         return store.meta, None, len(store), 0.0
-    start_or_resume(args, staging, command)
-    t0 = time.perf_counter()
-    processed, before = build.run(staging, args.workers, progress=not args.no_progress,
-                                  archive_mode=args.archive_reading)
-    seconds = time.perf_counter() - t0
+    with WorkerPool(args.workers) as pool:  # forked before the plan is loaded: workers stay small (workers.py)
+        start_or_resume(args, staging, command)
+        t0 = time.perf_counter()
+        processed, before = build.run(staging, args.workers, progress=not args.no_progress,
+                                      archive_mode=args.archive_reading, pool=pool)
+        seconds = time.perf_counter() - t0
     if not any(r["ok"] for rs in staging.done().values() for r in rs):
         raise EmptyRun(empty_message(out, discard(out)))
     return finalize(out, command), processed, before, seconds

@@ -82,6 +82,7 @@ def list_members(path: str | Path) -> Listing:
             return out
         with tarfile.open(path, "r:" if kind == "tar" else "r|*") as tf:
             for i, m in enumerate(tf):
+                tf.members.clear()  # tarfile keeps every TarInfo it read: memory would grow with the archive
                 if _hidden(m.name) or m.isdir():
                     continue
                 if m.issparse() or not m.isreg():
@@ -168,6 +169,7 @@ def stream_members(archive: str, wanted: dict[int, int]) -> Iterator[tuple[int, 
     try:
         with tarfile.open(archive, "r|*") as tf:
             for i, m in enumerate(tf):
+                tf.members.clear()  # as in list_members: keep memory flat in the archive's size
                 slot = left.get(i)
                 if slot is not None:
                     f = tf.extractfile(m)

@@ -29,7 +29,7 @@ from preprocess.lock import close_inherited
 from preprocess.pixels import to_uint8
 from preprocess.staging import Staging
 from preprocess.store import slot_digest
-from preprocess.workers import run_tasks
+from preprocess.workers import WorkerPool
 
 CHUNK = 32  # slots per work unit and per progress record
 ARCHIVE_MODES = ("auto", "per-archive", "fan-out")
@@ -38,16 +38,13 @@ _STATE: dict = {}
 
 def chunks(rows: list[dict]) -> list[tuple[int, int]]:
     """The plan's chunks: CHUNK slots at most, cut where the archive (or files -> archive) changes."""
+    group = ["" if kind == "file" else file for kind, file in zip(rows.column("kind"), rows.column("file"))]
     out, start = [], 0
-    for i in range(1, len(rows) + 1):
-        if i == len(rows) or i - start == CHUNK or _group(rows[i]) != _group(rows[start]):
+    for i in range(1, len(group) + 1):
+        if i == len(group) or i - start == CHUNK or group[i] != group[start]:
             out.append((start, i))
             start = i
     return out
-
-
-def _group(row: dict) -> str:
-    return "" if row["kind"] == "file" else row["file"]
 
 
 def process_one(file: str, settings: dict, data: bytes | None = None) -> tuple[np.ndarray | None, dict]:
@@ -115,19 +112,20 @@ def _handle(task: tuple) -> Iterator[tuple[int, list[dict]]]:
 
 
 def _per_chunk(spans, items, *, decode: bool) -> Iterator:
-    """Group streamed (slot, name, data, reason) items into the chunks `spans`; decode them, or pack them."""
+    """Group streamed (slot, name, data, reason) items into the chunks `spans`, in slot order whatever order the
+    items come in; decode each item (a worker), or pack them into 'bytes' tasks (the parent)."""
     it = iter(spans)
     start, end = next(it, (None, None))
-    got = []
+    got: dict[int, object] = {}
     for slot, name, data, reason in items:
-        got.append(_store(slot, name, data, reason) if decode else (slot, name, data, reason))
-        if start + len(got) == end:
+        got[slot] = _store(slot, name, data, reason) if decode else (slot, name, data, reason)
+        while start is not None and all(i in got for i in range(start, end)):
+            chunk = [got.pop(i) for i in range(start, end)]
             if decode:
                 os.fdatasync(_STATE["fd"])
-                yield start, got
+                yield start, chunk
             else:
-                yield ("bytes", start, got)
-            got = []
+                yield ("bytes", start, chunk)
             start, end = next(it, (None, None))
 
 
@@ -135,12 +133,13 @@ def _stream_tasks(rows: list[dict], pending: list[tuple[int, int]]) -> dict[str,
     """archive -> (its pending chunks, {member position: slot}, {slot: manifest path}) for the compressed tars
     with work left."""
     out: dict[str, tuple] = {}
+    kind, file, position, path = (rows.column(k) for k in ("kind", "file", "position", "path"))
     for start, end in pending:
-        if rows[start]["kind"] == "stream":
-            spans, wanted, names = out.setdefault(rows[start]["file"], ([], {}, {}))
+        if kind[start] == "stream":
+            spans, wanted, names = out.setdefault(file[start], ([], {}, {}))
             spans.append((start, end))
-            wanted.update((int(rows[i]["position"]), i) for i in range(start, end))
-            names.update((i, rows[i]["path"]) for i in range(start, end))
+            wanted.update((int(position[i]), i) for i in range(start, end))
+            names.update((i, path[i]) for i in range(start, end))
     return out
 
 
@@ -148,8 +147,9 @@ def _sources(rows, pending, streams, fan_out: bool) -> list:
     """The task sources: the long streaming tasks first (so that file chunks fill in around them), the file and
     random-access chunks, and in fan-out mode one source per compressed tar, read in the parent side by side."""
     keys = ("path", "file", "kind", "position", "offset", "size", "crc")
-    chunked = (("rows", start, [{k: rows[i][k] for k in keys} for i in range(start, end)])
-               for start, end in pending if rows[start]["kind"] != "stream")
+    columns = [rows.column(k) for k in keys]
+    chunked = (("rows", start, [dict(zip(keys, (c[i] for c in columns))) for i in range(start, end)])
+               for start, end in pending if columns[2][start] != "stream")
     if not fan_out:
         return [itertools.chain((("stream", a, *task) for a, task in streams.items()), chunked)]
 
@@ -159,8 +159,10 @@ def _sources(rows, pending, streams, fan_out: bool) -> list:
     return [chunked] + [read(a, *task) for a, task in streams.items()]
 
 
-def run(staging: Staging, workers: int, *, progress: bool = True, archive_mode: str = "auto") -> tuple[int, int]:
-    """Process every chunk not yet recorded. Returns (slots processed now, slots already done before).
+def run(staging: Staging, workers: int, *, progress: bool = True, archive_mode: str = "auto",
+        pool: WorkerPool | None = None) -> tuple[int, int]:
+    """Process every chunk not yet recorded, in `pool` (forked early by the caller; default: a new one of
+    `workers`). Returns (slots processed now, slots already done before).
 
     Raises KeyboardInterrupt after stopping the workers, WorkerDied if one dies; what was recorded stays."""
     rows, settings = staging.rows(), staging.settings()
@@ -173,15 +175,16 @@ def run(staging: Staging, workers: int, *, progress: bool = True, archive_mode: 
     fan_out = archive_mode == "fan-out" or (archive_mode == "auto" and workers > 1 and len(streams) < workers)
     bar = tqdm(total=len(rows), initial=before, unit="img", disable=not progress, desc="preprocess",
                smoothing=0.1, dynamic_ncols=True)
-    processed = 0
+    processed, pool = 0, pool or WorkerPool(workers)
     try:
-        for start, res in run_tasks(_sources(rows, pending, streams, fan_out), _handle, workers=workers,
-                                    init=_init_worker, init_args=(str(staging.root), settings)):
+        for start, res in pool.run(_sources(rows, pending, streams, fan_out), _handle, init=_init_worker,
+                                   init_args=(str(staging.root), settings)):
             staging.record(start, res)
             processed += len(res)
             bar.update(len(res))
     finally:
         bar.close()
+        pool.close()
         if "fd" in _STATE:
             os.close(_STATE["fd"])
             _STATE["reader"].close()

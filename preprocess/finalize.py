@@ -24,9 +24,9 @@ from preprocess.store import (CHECKSUM_SLOTS, FORMAT_VERSION, REJECT_FIELDS, chu
 COPY_BLOCK = 256  # slots copied at a time when compacting
 
 
-def reject_rows(settings: dict, rows: list[dict], results: list[dict]) -> list[dict]:
-    return ([{"path": row["path"], "reason": res["reason"]} for row, res in zip(rows, results) if not res["ok"]]
-            + settings.get("plan_rejects", []))
+def reject_rows(settings: dict, rows, results: list[dict]) -> list[dict]:
+    return ([{"path": path, "reason": res["reason"]} for path, res in zip(rows.column("path"), results)
+             if not res["ok"]] + settings.get("plan_rejects", []))
 
 
 def discard(root: Path) -> list[dict]:
@@ -48,9 +48,10 @@ def finalize(root: str | Path, command: str) -> dict:
     keep = [i for i, r in enumerate(results) if r["ok"]]
     size = settings["size"]
     _place_images(st, root / "images.npy", keep, len(rows), size)
-    manifest = [{"index": k, "path": rows[i]["path"], "dataset": rows[i]["dataset"],
-                 "patient_id": rows[i]["patient_id"], "view": rows[i]["view"], "labels": rows[i]["labels"],
-                 "split": rows[i]["split"], "flags": results[i].get("flags", "")} for k, i in enumerate(keep)]
+    fields = ("path", "dataset", "patient_id", "view", "labels", "split")
+    cols = [rows.column(f) for f in fields]
+    manifest = [{"index": k, **{f: c[i] for f, c in zip(fields, cols)}, "flags": results[i].get("flags", "")}
+                for k, i in enumerate(keep)]
     text = manifest_text(manifest)
     write_atomic(root / "manifest.csv", text)
     rejects = reject_rows(settings, rows, results)

@@ -72,10 +72,10 @@ def _copy(staging: Staging, stores, *, progress: bool) -> tuple[int, int]:
     """Copy every chunk not yet recorded; returns (slots copied now, slots done before)."""
     done = staging.done()
     before = sum(len(r) for r in done.values())
-    rows = staging.rows()
+    flags = staging.rows().column("flags")
     size = stores[0].size
     offset, slot = staging.data_offset(), size * size
-    bar = tqdm(total=len(rows), initial=before, unit="img", desc="merge", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(flags), initial=before, unit="img", desc="merge", disable=not progress, dynamic_ncols=True)
     fd, copied, base = os.open(staging.images_path, os.O_RDWR), 0, 0
     try:
         for s in stores:
@@ -93,7 +93,7 @@ def _copy(staging: Staging, stores, *, progress: bool) -> tuple[int, int]:
                 os.fdatasync(fd)
                 flat = block.reshape(len(block), -1).astype(np.int64)
                 staging.record(base + start, [
-                    {"ok": True, "flags": rows[base + i]["flags"], "sum": int(x.sum()), "sumsq": int(x @ x),
+                    {"ok": True, "flags": flags[base + i], "sum": int(x.sum()), "sumsq": int(x @ x),
                      "digest": d} for i, (x, d) in enumerate(zip(flat, digests), start)])
                 copied += end - start
                 bar.update(end - start)

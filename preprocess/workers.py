@@ -59,8 +59,13 @@ def _child_setup() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _worker(init: Callable, init_args: tuple, handler: Callable, tasks, results) -> None:
+def _worker(conn, tasks, results) -> None:
     _child_setup()
+    job = conn.recv()  # (init, init_args, handler), sent once the parent has a plan; None: nothing to do
+    conn.close()
+    if job is None:
+        return
+    init, init_args, handler = job
     try:
         init(*init_args)
         while (task := tasks.get()) is not None:
@@ -72,91 +77,136 @@ def _worker(init: Callable, init_args: tuple, handler: Callable, tasks, results)
         raise SystemExit(1)
 
 
-def run_tasks(sources: list[Iterable], handler: Callable[[object], Iterator], *, workers: int, init: Callable,
-              init_args: tuple = ()) -> Iterator:
-    """Yield every result of `handler(task)` for every task of every source, from `workers` forked processes
-    (in-process for 1). Each source is consumed by its own feeder thread, so sources that read data (archives
-    streamed by the parent) read side by side.
+class WorkerPool:
+    """`workers` forked processes, started early and told what to run later (`run`, once).
 
-    Raises WorkerDied when a worker dies or fails; KeyboardInterrupt after stopping the workers."""
-    if workers <= 1:
-        init(*init_args)
-        for tasks in sources:
-            for task in tasks:
-                yield from handler(task)
-        return
-    ctx = mp.get_context("fork")
-    task_q, result_q = ctx.Queue(maxsize=2 * workers), ctx.Queue()
-    gc.freeze()  # the workers inherit a frozen heap: their collector never touches (and so copies) its pages
-    procs = [ctx.Process(target=_worker, args=(init, init_args, handler, task_q, result_q), daemon=True)
-             for _ in range(workers)]
-    for p in procs:
-        p.start()
-    gc.unfreeze()
-    stop, lock = threading.Event(), threading.Lock()
-    fed = {"n": 0, "open": len(sources), "error": None}
+    Fork them before the parent loads anything big (a plan of 112,120 rows): a forked child keeps, as its own
+    memory, every inherited page that the parent later writes or frees, so workers forked from a small heap stay
+    small whatever the parent holds afterwards. One worker (or fewer) runs everything in-process."""
 
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                task_q.put(item, timeout=POLL_S)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def feed(tasks) -> None:
-        try:
-            for task in tasks:
-                if not put(task):
-                    return
-                with lock:
-                    fed["n"] += 1
-        except BaseException as e:  # the task source failed: stop the run with its message
-            fed["error"] = e
+    def __init__(self, workers: int):
+        self.workers, self.procs, self.conns = workers, [], []
+        if workers <= 1:
             return
-        with lock:
-            fed["open"] -= 1
-            last = fed["open"] == 0
-        if last:
-            for _ in procs:
-                put(None)
+        ctx = mp.get_context("fork")
+        self.task_q, self.result_q = ctx.Queue(maxsize=2 * workers), ctx.Queue()
+        gc.freeze()  # nor does their collector touch (and so copy) the pages they share with the parent
+        for _ in range(workers):
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(theirs, self.task_q, self.result_q), daemon=True)
+            p.start()
+            theirs.close()
+            self.procs.append(p)
+            self.conns.append(mine)
+        gc.unfreeze()
 
-    feeders = [threading.Thread(target=feed, args=(t,), daemon=True, name="preprocess-feeder") for t in sources]
-    for t in feeders:
-        t.start()
-    finished, checked = 0, time.monotonic()
-    try:
-        while fed["open"] > 0 or finished < fed["n"]:
-            if fed["error"] is not None:
-                raise fed["error"]
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for conn in self.conns:  # workers never given a job: tell them to go
             try:
-                kind, payload = result_q.get(timeout=POLL_S)
-            except queue.Empty:
-                kind = None
-            if kind is None or time.monotonic() - checked > POLL_S:  # poll exit codes, busy or not
-                checked = time.monotonic()
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise WorkerDied(_last_error(result_q) or describe(dead[0].pid, dead[0].exitcode))
-            if kind is None:
-                continue
-            if kind == "result":
-                yield payload
-            elif kind == "done":
-                finished += 1
-            else:
-                raise WorkerDied(f"a worker failed: {payload}")
-        for p in procs:
-            p.join(timeout=30)
-    finally:
-        stop.set()
-        for p in procs:
+                conn.send(None)
+            except OSError:
+                pass
+            conn.close()
+        self.conns = []
+        for p in self.procs:
+            p.join(timeout=2)
             if p.is_alive():
                 p.terminate()
-        for p in procs:
-            p.join(timeout=10)
+                p.join(timeout=10)
+        if self.procs:
+            self.task_q.cancel_join_thread()
+            self.result_q.cancel_join_thread()
+        self.procs = []
+
+    def run(self, sources: list[Iterable], handler: Callable[[object], Iterator], *, init: Callable,
+            init_args: tuple = ()) -> Iterator:
+        """Yield every result of `handler(task)` for every task of every source. Each source is consumed by its
+        own feeder thread, so sources that read data (archives streamed by the parent) read side by side.
+
+        Raises WorkerDied when a worker dies or fails; KeyboardInterrupt after stopping the workers."""
+        if self.workers <= 1:
+            init(*init_args)
+            for tasks in sources:
+                for task in tasks:
+                    yield from handler(task)
+            return
+        for conn in self.conns:
+            conn.send((init, init_args, handler))
+            conn.close()
+        self.conns = []
+        try:
+            yield from self._results(sources)
+        finally:
+            self.close()
+
+    def _results(self, sources: list[Iterable]) -> Iterator:
+        procs, task_q, result_q = self.procs, self.task_q, self.result_q
+        stop, lock = threading.Event(), threading.Lock()
+        fed = {"n": 0, "open": len(sources), "error": None}
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    task_q.put(item, timeout=POLL_S)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def feed(tasks) -> None:
+            try:
+                for task in tasks:
+                    if not put(task):
+                        return
+                    with lock:
+                        fed["n"] += 1
+            except BaseException as e:  # the task source failed: stop the run with its message
+                fed["error"] = e
+                return
+            with lock:
+                fed["open"] -= 1
+                last = fed["open"] == 0
+            if last:
+                for _ in procs:
+                    put(None)
+
+        feeders = [threading.Thread(target=feed, args=(t,), daemon=True, name="preprocess-feeder") for t in sources]
         for t in feeders:
-            t.join(timeout=5)
-        task_q.cancel_join_thread()
-        result_q.cancel_join_thread()
+            t.start()
+        finished, checked = 0, time.monotonic()
+        try:
+            while fed["open"] > 0 or finished < fed["n"]:
+                if fed["error"] is not None:
+                    raise fed["error"]
+                try:
+                    kind, payload = result_q.get(timeout=POLL_S)
+                except queue.Empty:
+                    kind = None
+                if kind is None or time.monotonic() - checked > POLL_S:  # poll exit codes, busy or not
+                    checked = time.monotonic()
+                    dead = [p for p in procs if p.exitcode not in (None, 0)]
+                    if dead:
+                        raise WorkerDied(_last_error(result_q) or describe(dead[0].pid, dead[0].exitcode))
+                if kind is None:
+                    continue
+                if kind == "result":
+                    yield payload
+                elif kind == "done":
+                    finished += 1
+                else:
+                    raise WorkerDied(f"a worker failed: {payload}")
+            for p in procs:
+                p.join(timeout=30)
+        finally:
+            stop.set()
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for t in feeders:
+                t.join(timeout=5)
