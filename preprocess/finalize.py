@@ -50,8 +50,8 @@ def finalize(root: str | Path, command: str) -> dict:
     _place_images(st, root / "images.npy", keep, len(rows), size)
     fields = ("path", "dataset", "patient_id", "view", "labels", "split")
     cols = [rows.column(f) for f in fields]
-    manifest = [{"index": k, **{f: c[i] for f, c in zip(fields, cols)}, "flags": results[i].get("flags", "")}
-                for k, i in enumerate(keep)]
+    manifest = ({"index": k, **{f: c[i] for f, c in zip(fields, cols)}, "flags": results[i].get("flags", "")}
+                for k, i in enumerate(keep))  # a generator: the rows are written, never all held
     text = manifest_text(manifest)
     write_atomic(root / "manifest.csv", text)
     rejects = reject_rows(settings, rows, results)

@@ -54,11 +54,11 @@ def chunk_checksums(digests: list[str], per: int = CHECKSUM_SLOTS) -> list[str]:
             for i in range(0, len(digests), per)]
 
 
-def manifest_text(rows: list[dict]) -> str:
+def manifest_text(rows) -> str:
     return csv_text(MANIFEST_FIELDS, rows)
 
 
-def csv_text(fields: list[str], rows: list[dict]) -> str:
+def csv_text(fields: list[str], rows) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
