@@ -121,8 +121,8 @@ def run_build(inputs: list[Path], csv: Path, out: Path, *, workers: int, size: i
     before = re.search(r"; (\d+) were done before resuming", text)
     decoded = re.search(r" s for (\d+) images", text)
     return {"wall_s": wall, "images": n, "images_per_s": n / wall, "cpu_s": cpu, "cpu_ms_per_image": 1e3 * cpu / n,
-            "other_cores": max(0.0, machine_busy_seconds() - busy0 - cpu) / wall, "done_before": int(before.group(1)) if before else 0,
-            "decoded": int(decoded.group(1)) if decoded else None,
+            "other_cores": max(0.0, machine_busy_seconds() - busy0 - cpu) / wall,
+            "done_before": int(before.group(1)) if before else 0, "decoded": int(decoded.group(1)) if decoded else None,
             **{k: v / MIB for k, v in peak.items()}, "summary": text.strip().splitlines()[-1]}
 
 
