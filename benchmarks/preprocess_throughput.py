@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     methods = args.methods
     root = args.inputs if args.inputs else synthetic_inputs(args.n, args.kind, args.px, args.cache)
-    _, found = discover([root])
+    _, found, _ = discover([root])
     files = [str(f) for f in found if f.suffix.lower() in IMAGE_SUFFIXES][: args.limit]
     if not files:
         print(f"error: no images under {root}", file=sys.stderr)

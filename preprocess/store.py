@@ -1,51 +1,64 @@
-"""The store: one uint8 (N, S, S) .npy memmap + manifest.csv + store.json (+ rejects.csv). Writer and reader.
+"""The store: one uint8 (N, S, S) .npy file + manifest.csv + store.json (+ rejects.csv). Its layout and its reader.
 
-This module is the only owner of the store's layout; everything else opens it with `open_store`.
+This module owns the store's layout; `preprocess.staging` writes it, everything else opens it with `open_store`.
 
 Layout of a finished store (see DESIGN.md, "Contracts"):
     images.npy      uint8 (N, S, S), C order: np.load(..., mmap_mode="r") shares it through the page cache
     manifest.csv    one row per slot, in slot order: MANIFEST_FIELDS
-    store.json      format version, N, size, recipe, measured mean/std, counts, command, settings: written last
+    store.json      format version, N, size, recipe, measured mean/std, counts, command, settings, the manifest's
+                    size and checksum, and one checksum per CHECKSUM_SLOTS slots of images.npy: written last
     rejects.csv     every input that could not be used, with the reason
+    .lock           the writer's lock (`preprocess.lock`): one writer at a time
 
-While it is being built, everything lives in `STORE/.partial/`: the plan (settings and the candidate list, fixed at
-the first run), a staging `images.npy` with one slot per candidate that worker processes write into directly, and
-one small JSON record per finished chunk. A rerun of the same command skips the recorded chunks, so the finished
-store is byte-identical whether or not the run was interrupted. `finalize` compacts the good slots into the final
-`images.npy`, writes the CSVs, then `store.json`, then removes `.partial/`.
+Checksums: a slot's digest is blake2b-128 of its S*S bytes; a chunk's checksum is blake2b-128 of the digests of
+its CHECKSUM_SLOTS slots (raw 16-byte digests, concatenated). Workers digest each image as they write it, so a
+finished store's checksums cost no second pass; `python -m preprocess.verify` recomputes them from the file.
+
+Opening checks what it can in O(1): store.json's schema, the images.npy header and file size against store.json,
+manifest.csv's size; the manifest's checksum, row count and slot order are checked when it is first read. A
+failure is one line saying what is wrong and how to rebuild. Pixels are never read at open.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_FIELDS = ["index", "path", "dataset", "patient_id", "view", "labels", "split", "flags"]
 REJECT_FIELDS = ["path", "reason"]
 PARTIAL = ".partial"
-CHUNK = 32  # slots per work unit and per progress record
-COPY_BLOCK = 1024  # slots copied at a time when compacting
+CHECKSUM_SLOTS = 64
+DIGEST_SIZE = 16
+_NUMBER = (int, float)
+SCHEMA = {"format_version": int, "n": int, "image_size": list, "dtype": str, "normalization": str, "resize": str,
+          "fit": str, "mean": _NUMBER, "std": _NUMBER, "counts": dict, "dataset": str, "inputs": list,
+          "command": str, "settings": dict, "manifest": dict, "checksums": dict}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that it is either absent or complete: temporary file, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def slot_digest(img) -> str:
+    """blake2b-128 of one slot's bytes (a uint8 array or bytes), as hex."""
+    return hashlib.blake2b(memoryview(np.ascontiguousarray(img)).cast("B"), digest_size=DIGEST_SIZE).hexdigest()
 
 
-def _csv_text(fields: list[str], rows: list[dict]) -> str:
-    import io
+def chunk_checksums(digests: list[str], per: int = CHECKSUM_SLOTS) -> list[str]:
+    """The per-chunk checksums of a store whose slots have these digests (in slot order)."""
+    return [hashlib.blake2b(bytes.fromhex("".join(digests[i:i + per])), digest_size=DIGEST_SIZE).hexdigest()
+            for i in range(0, len(digests), per)]
+
+
+def manifest_text(rows) -> str:
+    return csv_text(MANIFEST_FIELDS, rows)
+
+
+def csv_text(fields: list[str], rows) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
@@ -53,110 +66,18 @@ def _csv_text(fields: list[str], rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-# ----------------------------------------------------------------------------------------------------- writer
-class Staging:
-    """The `.partial/` folder of a store being built: plan, staging memmap, chunk records."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.dir = self.root / PARTIAL
-        self.images_path = self.dir / "images.npy"
-        self.done_dir = self.dir / "done"
-
-    def exists(self) -> bool:
-        return (self.dir / "plan.json").exists()
-
-    def create(self, settings: dict, rows: list[dict]) -> None:
-        """Start a build: save the plan (settings + candidate rows) and a zeroed staging memmap."""
-        self.done_dir.mkdir(parents=True, exist_ok=True)
-        size = settings["size"]
-        arr = np.lib.format.open_memmap(self.images_path, mode="w+", dtype=np.uint8,
-                                        shape=(max(len(rows), 1), size, size))
-        del arr
-        write_atomic(self.dir / "plan.csv", _csv_text(list(rows[0].keys()) if rows else ["path"], rows))
-        write_atomic(self.dir / "plan.json", json.dumps(settings, indent=1))
-
-    def settings(self) -> dict:
-        return json.loads((self.dir / "plan.json").read_text())
-
-    def rows(self) -> list[dict]:
-        with open(self.dir / "plan.csv", newline="") as f:
-            return list(csv.DictReader(f))
-
-    def chunks(self, n: int) -> list[tuple[int, int]]:
-        return [(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
-
-    def done(self) -> dict[int, list[dict]]:
-        """Finished chunks: start slot -> per-slot results."""
-        out = {}
-        for p in self.done_dir.glob("chunk-*.json"):
-            rec = json.loads(p.read_text())
-            out[rec["start"]] = rec["results"]
-        return out
-
-    def record(self, start: int, results: list[dict]) -> None:
-        write_atomic(self.done_dir / f"chunk-{start:09d}.json", json.dumps({"start": start, "results": results}))
-
-    def open_images(self) -> np.memmap:
-        return np.load(self.images_path, mmap_mode="r+")
+def text_checksum(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).hexdigest()
 
 
-def finalize(root: str | Path, command: str) -> dict:
-    """Turn a fully processed `.partial/` into the finished store; returns the store.json dict."""
-    root = Path(root)
-    st = Staging(root)
-    settings, rows, done = st.settings(), st.rows(), st.done()
-    results = [r for start in sorted(done) for r in done[start]]
-    assert len(results) == len(rows), "finalize called before every chunk was recorded"
-    keep = [i for i, r in enumerate(results) if r["ok"]]
-    size = settings["size"]
-    final = root / "images.npy"
-    if st.images_path.exists():
-        if len(keep) == len(rows) and rows:
-            os.replace(st.images_path, final)  # nothing rejected: the staging array is the store
-        else:
-            _compact(st.images_path, final, keep, size)
-    manifest, rejects = [], []
-    for i, (row, res) in enumerate(zip(rows, results)):
-        if res["ok"]:
-            manifest.append({"index": len(manifest), "path": row["path"], "dataset": row["dataset"],
-                             "patient_id": row["patient_id"], "view": row["view"], "labels": row["labels"],
-                             "split": row["split"], "flags": res.get("flags", "")})
-        else:
-            rejects.append({"path": row["path"], "reason": res["reason"]})
-    write_atomic(root / "manifest.csv", _csv_text(MANIFEST_FIELDS, manifest))
-    write_atomic(root / "rejects.csv", _csv_text(REJECT_FIELDS, rejects + settings.get("plan_rejects", [])))
-    pixels = len(keep) * size * size
-    s1 = sum(results[i]["sum"] for i in keep)
-    s2 = sum(results[i]["sumsq"] for i in keep)
-    mean = s1 / pixels / 255 if pixels else float("nan")
-    var = s2 / pixels / 255**2 - mean**2 if pixels else float("nan")
-    meta = {
-        "format_version": FORMAT_VERSION, "n": len(keep), "image_size": [size, size], "dtype": "uint8",
-        "normalization": settings["normalize"], "resize": "lanczos (PIL, float32)", "fit": settings["fit"],
-        "mean": mean, "std": math.sqrt(max(var, 0.0)) if pixels else float("nan"),
-        "counts": {"written": len(keep), "rejected": len(rejects) + len(settings.get("plan_rejects", [])),
-                   "constant": sum(1 for i in keep if results[i].get("flags") == "constant"),
-                   **settings.get("metadata_counts", {})},
-        "dataset": settings["dataset"], "inputs": settings["inputs"], "command": command,
-        "settings": {k: v for k, v in settings.items() if k not in ("plan_rejects", "metadata_counts", "command")},
-    }
-    write_atomic(root / "store.json", json.dumps(meta, indent=1))
-    shutil.rmtree(st.dir, ignore_errors=True)
-    return meta
-
-
-def _compact(src_path: Path, dst_path: Path, keep: list[int], size: int) -> None:
-    src = np.load(src_path, mmap_mode="r")
-    tmp = dst_path.with_name("images.npy.tmp")
-    dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep), size, size))
-    for b in range(0, len(keep), COPY_BLOCK):
-        dst[b:b + COPY_BLOCK] = src[keep[b:b + COPY_BLOCK]]
-    dst.flush()
-    del dst
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst_path)
+def read_npy_header(path: Path) -> tuple[np.dtype, tuple, bool, int]:
+    """(dtype, shape, fortran_order, data offset) from a .npy header, without reading or mapping the data."""
+    with open(path, "rb", buffering=0) as f:  # unbuffered: read the header's bytes, not 8 KiB of pixels
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        return dtype, shape, fortran, f.tell()
 
 
 # ----------------------------------------------------------------------------------------------------- reader
@@ -186,44 +107,133 @@ class Store:
 
     @property
     def manifest(self) -> list[dict]:
-        """Manifest rows (read on first use, so opening a store stays O(1) whatever its size)."""
+        """Manifest rows, checked against store.json (read on first use, so opening stays O(1))."""
         if self._manifest is None:
-            with open(self.root / "manifest.csv", newline="") as f:
-                self._manifest = list(csv.DictReader(f))
+            path = self.root / "manifest.csv"
+            data = path.read_bytes()
+            if text_checksum(data) != self.meta["manifest"]["blake2b"]:
+                raise ValueError(f"{path} was changed after the store was built ({_manifest_fault(data, len(self))})"
+                                 f": {_rebuild(self.meta)}")
+            self._manifest = list(csv.DictReader(io.StringIO(data.decode())))
         return self._manifest
 
 
+def _rebuild(meta) -> str:
+    cmd = meta.get("command") if isinstance(meta, dict) else None
+    if isinstance(cmd, str) and "preprocess" in cmd:
+        return f"rebuild the store: {cmd}{'' if '--overwrite' in cmd else ' --overwrite'}"
+    return "rebuild the store with `python -m preprocess ... --overwrite`"
+
+
+def _manifest_fault(data: bytes, n: int) -> str:
+    """What is wrong with a manifest.csv that does not match store.json, in a few words."""
+    try:
+        reader = csv.reader(io.StringIO(data.decode()))
+        header = next(reader, None)
+        rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        return f"not a readable CSV: {e}"
+    if header != MANIFEST_FIELDS:
+        return f"its header is {header}, not {MANIFEST_FIELDS}" if header else "it is empty"
+    if len(rows) != n:
+        return f"it has {len(rows)} rows, store.json says {n}"
+    for i, row in enumerate(rows):
+        if not row or row[0] != str(i):
+            return f"row {i + 1} is not slot {i}: rows are out of slot order"
+    return "its content differs from what store.json records"
+
+
+def _check_schema(meta, meta_path: Path) -> None:
+    def bad(what: str):
+        raise ValueError(f"{meta_path} is damaged ({what}): {_rebuild(meta)}")
+    if not isinstance(meta, dict):
+        bad(f"it holds a {type(meta).__name__}, not an object")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{meta_path.parent} is store format {meta.get('format_version')}, this code reads "
+                         f"{FORMAT_VERSION}: {_rebuild(meta)}")
+    for key, kind in SCHEMA.items():
+        if key not in meta:
+            bad(f"no {key!r}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            bad(f"{key!r} is {type(meta[key]).__name__} {meta[key]!r:.40}")
+    size, n = meta["image_size"], meta["n"]
+    if n < 0 or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        bad(f"n {n} and image_size {size!r:.40} are not a count and two positive ints")
+    if meta["dtype"] != "uint8":
+        bad(f"dtype {meta['dtype']!r}, not 'uint8'")
+    m, c = meta["manifest"], meta["checksums"]
+    if not (isinstance(m.get("bytes"), int) and isinstance(m.get("blake2b"), str)):
+        bad("'manifest' lacks its bytes and blake2b")
+    per, chunks = c.get("slots_per_chunk"), c.get("chunks")
+    if not (isinstance(per, int) and per > 0 and isinstance(chunks, list) and all(isinstance(x, str) for x in chunks)
+            and len(chunks) == math.ceil(n / per)):
+        bad(f"'checksums' does not hold ceil(n / slots_per_chunk) = ceil({n} / {per}) checksums")
+
+
+def _regular(path: Path, what: str, meta) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {_rebuild(meta)}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file (a folder?), so {what} is unreadable: {_rebuild(meta)}")
+
+
+def _check_images(path: Path, meta) -> int:
+    n, (h, w) = meta["n"], meta["image_size"]
+    _regular(path, "the images", meta)
+    try:
+        dtype, shape, fortran, offset = read_npy_header(path)
+    except (ValueError, EOFError, OSError) as e:  # numpy: bad magic, a cut-short header
+        raise ValueError(f"{path} is truncated or damaged ({e}): {_rebuild(meta)}") from None
+    faults = []
+    if dtype != np.uint8:
+        faults.append(f"dtype {dtype}, store.json says uint8")
+    if tuple(shape) != (n, h, w):
+        faults.append(f"shape {tuple(shape)}, store.json says {(n, h, w)}")
+    if fortran:
+        faults.append("Fortran order, the store is C order")
+    if faults:
+        raise ValueError(f"{path} holds {'; '.join(faults)}: the store is damaged; {_rebuild(meta)}")
+    actual, expected = os.path.getsize(path), offset + n * h * w
+    if actual != expected:
+        how = "is truncated or damaged" if actual < expected else "has extra bytes (damaged)"
+        raise ValueError(f"{path} {how}: {actual} bytes, its header says {expected}: {_rebuild(meta)}")
+    return offset
+
+
 def open_store(path: str | Path) -> Store:
-    """Open a finished store read-only, checking images.npy against store.json; clear errors otherwise."""
+    """Open a finished store read-only, checking store.json, images.npy and manifest.csv; one-line errors."""
     root = Path(path)
-    if root.name in ("store.json", "images.npy"):
+    if root.name in ("store.json", "images.npy") and root.parent.is_dir():
         root = root.parent
     if not root.is_dir():
         raise FileNotFoundError(f"no store at {root}: build one with `python -m preprocess INPUT... --out {root}`")
     meta_path = root / "store.json"
     if not meta_path.exists():
-        if Staging(root).exists():
-            cmd = Staging(root).settings().get("command", "python -m preprocess ...")
+        plan = root / PARTIAL / "plan.json"
+        if plan.is_file():
+            try:
+                cmd = json.loads(plan.read_text()).get("command", "python -m preprocess ...")
+            except (ValueError, OSError, AttributeError):
+                cmd = "python -m preprocess ..."
             raise ValueError(f"the store at {root} is incomplete (preprocessing stopped before it finished): "
                              f"rerun the same command to resume it:\n  {cmd}")
         raise FileNotFoundError(f"{root} has no store.json, so it is not a store: build one with "
                                 f"`python -m preprocess INPUT... --out {root}`")
+    _regular(meta_path, "the store's description", None)
     try:
         meta = json.loads(meta_path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{meta_path} is damaged ({e}): rebuild the store with --overwrite") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{root} is store format {meta.get('format_version')}, this code reads {FORMAT_VERSION}: "
-                         "rebuild it with `python -m preprocess ... --overwrite`")
-    n, (h, w) = meta["n"], meta["image_size"]
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{meta_path} is damaged ({e}): {_rebuild(None)}") from None
+    _check_schema(meta, meta_path)
     images_path = root / "images.npy"
-    try:
-        images = np.load(images_path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{images_path} is missing: rebuild the store with --overwrite") from None
-    except (ValueError, EOFError) as e:  # numpy: "mmap length is greater than file size", "No data left in file"
-        raise ValueError(f"{images_path} is truncated or damaged ({e}): rebuild the store with --overwrite") from None
-    if images.dtype != np.uint8 or images.shape != (n, h, w) or not images.flags.c_contiguous:
-        raise ValueError(f"{images_path} holds {images.dtype} {images.shape}, but store.json says uint8 "
-                         f"{(n, h, w)}: the store is damaged; rebuild it with --overwrite")
+    offset = _check_images(images_path, meta)
+    manifest_path = root / "manifest.csv"
+    _regular(manifest_path, "the manifest", meta)
+    if os.path.getsize(manifest_path) != meta["manifest"]["bytes"]:
+        raise ValueError(f"{manifest_path} does not match store.json "
+                         f"({_manifest_fault(manifest_path.read_bytes(), meta['n'])}): {_rebuild(meta)}")
+    if meta["n"] == 0:
+        raise ValueError(f"the store at {root} holds no images: {_rebuild(meta)}")
+    n, (h, w) = meta["n"], meta["image_size"]
+    images = np.memmap(images_path, dtype=np.uint8, mode="r", offset=offset, shape=(n, h, w))  # maps, reads nothing
     return Store(root=root, images=images, meta=meta)

@@ -32,6 +32,7 @@ REJECTED = {  # file -> what its reason must say
     "tiny.png": "image too small: 1x1",
     "j2k.dcm": "cannot decode DICOM pixel data (JPEG 2000",
     "multiframe.dcm": "multi-frame DICOM (2 frames)",
+    "bomb.dcm": "decompression bomb: 20000x20000x1 DICOM",
     "bomb.png": "decompression bomb",
     "bomb_over_limit.png": "decompression bomb",
     "broken_link.png": "unreadable: No such file or directory",
@@ -63,7 +64,8 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
                      + chunk(b"IEND", b""))
 
 
-def _dicom(path: Path, transfer_syntax, pixel_data: bytes, *, frames: int = 1, encapsulated: bool = False) -> None:
+def _dicom(path: Path, transfer_syntax, pixel_data: bytes, *, frames: int = 1, encapsulated: bool = False,
+           side: int = 64, palette: bool = False) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
@@ -75,9 +77,16 @@ def _dicom(path: Path, transfer_syntax, pixel_data: bytes, *, frames: int = 1, e
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows = ds.Columns = 64
+    ds.Rows = ds.Columns = side
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if palette:  # 8-bit indices into a 16-bit colour table: the BANDS colours, shuffled as in the PNG palette
+        ds.PhotometricInterpretation = "PALETTE COLOR"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        table = np.array([BANDS[1], BANDS[3], BANDS[0], BANDS[2]] + [(0, 0, 0)] * 252, dtype=np.uint16) * 257
+        for k, colour in enumerate(("Red", "Green", "Blue")):
+            setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+            setattr(ds, f"{colour}PaletteColorLookupTableData", table[:, k].tobytes())
     if frames > 1:
         ds.NumberOfFrames = frames
     ds.PixelData = encapsulate([pixel_data]) if encapsulated else pixel_data
@@ -117,6 +126,8 @@ def folders(tmp_path_factory):
     Image.new("L", (64, 64), color=117).save(good / "constant.png")
     for mode in ("RGB", "RGBA", "P"):
         _bands(mode).save(good / f"colour_{mode.lower()}.png")
+    _dicom(good / "colour_palette.dcm", ExplicitVRLittleEndian,
+           np.repeat([2, 0, 3, 1], 16)[None].repeat(64, axis=0).astype(np.uint8).tobytes(), palette=True)
     good_names = sorted(p.name for p in good.iterdir())
 
     dirty = base / "dirty" / "images"
@@ -128,6 +139,7 @@ def folders(tmp_path_factory):
     (dirty / "text.png").write_text("not an image, whatever the name says\n")
     Image.new("L", (1, 1), color=9).save(dirty / "tiny.png")
     _dicom(dirty / "j2k.dcm", JPEG2000Lossless, b"\x00garbage!" * 40, encapsulated=True)
+    _dicom(dirty / "bomb.dcm", ExplicitVRLittleEndian, bytes(64), side=20_000)  # rejected before decoding
     _dicom(dirty / "multiframe.dcm", ExplicitVRLittleEndian, np.arange(2 * 64 * 64, dtype=np.uint16).tobytes(),
            frames=2)
     _png_header_only(dirty / "bomb.png", 30_000, 30_000)  # over twice PIL's limit: an error at open
@@ -197,9 +209,9 @@ def test_constant_image_is_stored_as_zeros_and_flagged(dirty):
     assert all(r["flags"] == "" for r in dirty.manifest if r["path"] != "images/constant.png")
 
 
-@pytest.mark.parametrize("mode", ["rgb", "rgba", "p"])
-def test_colour_png_is_stored_as_luminance(dirty, mode):
-    img = dirty.images[int(dirty.by_path[f"colour_{mode}.png"]["index"])]
+@pytest.mark.parametrize("name", ["colour_rgb.png", "colour_rgba.png", "colour_p.png", "colour_palette.dcm"])
+def test_colour_image_is_stored_as_luminance(dirty, name):
+    img = dirty.images[int(dirty.by_path[name]["index"])]
     assert img.shape == (SIZE, SIZE)
     expected = np.repeat(np.array(BAND_LUMA, dtype=np.uint8), 16)[None].repeat(64, axis=0)
     assert np.array_equal(img, expected), f"band values {img[0, ::16].tolist()}, expected {BAND_LUMA}"

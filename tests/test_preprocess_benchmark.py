@@ -57,3 +57,20 @@ def test_benchmark_bad_flags_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         bench.parse_args(argv)
     assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_archives_benchmark_end_to_end_at_a_small_n(tmp_path, capsys):
+    """The NIH-scale archives benchmark at N = 3,000 (3 archives): every build runs, the stores are identical."""
+    from benchmarks import preprocess_archives
+    out = tmp_path / "archives.json"
+    assert preprocess_archives.main(["--n", "3000", "--archives", "3", "--png-size", "64", "--size", "64",
+                                     "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["runs"]) == {"archives", "extracted", "fan-out", "killed", "resumed", "one archive"}
+    assert all(all(v.values()) for v in result["same"].values()) and len(result["same"]) == 3
+    killed, resumed = result["runs"]["killed"], result["runs"]["resumed"]
+    assert killed["returncode"] == -9 and 0 < killed["chunks_recorded"] < killed["chunks"]
+    assert 0 < resumed["done_before"] < 3000
+    assert resumed["decoded"] == 3000 - resumed["done_before"]
+    assert "| archives | 3000 |" in capsys.readouterr().out

@@ -92,9 +92,25 @@ def test_as_a_command_bad_path_is_one_line_not_a_traceback(tmp_path):
     assert done.stderr.strip() == f"error: input not found: {tmp_path / 'nope'}"
 
 
-def test_nothing_usable_exits_1_and_says_see_rejects(tmp_path, capsys):
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "x.png").write_text("text")
-    rc = main([str(tmp_path / "bad"), "--out", str(tmp_path / "s"), "--no-progress"])
-    assert rc == 1 and "no image could be used; see rejects.csv" in capsys.readouterr().err
-    assert "unsupported file type" in (tmp_path / "s" / "rejects.csv").read_text()
+@pytest.mark.parametrize("case", ["decoded", "no metadata rows"])
+def test_a_0_image_run_exits_1_with_reasons_and_leaves_nothing_that_blocks(case, image_dir, tmp_path, capsys):
+    from preprocess.store import open_store
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_text("text")
+    (bad / "y.png").write_text("more text")
+    Image.new("L", (4, 4)).save(bad / "tiny.png")
+    out = tmp_path / "s"
+    _argv([], image_dir, tmp_path)  # writes tmp_path/nih.csv, which lists none of the bad files
+    extra = ["--dataset", "nih", "--metadata", str(tmp_path / "nih.csv")] if case == "no metadata rows" else []
+    rc = main([str(bad), "--out", str(out), "--no-progress", *extra])
+    err = capsys.readouterr().err.splitlines()[-1] + "\n"
+    assert rc == 1 and "Traceback" not in err
+    expected = ("3 rejected: 3 no row in the nih metadata CSV" if extra else
+                "3 rejected: 2 unsupported file type, 1 image too small")
+    assert err.startswith(f"error: no image could be used ({expected}); see {out / 'rejects.csv'}; nothing was stored")
+    assert sorted(p.name for p in out.iterdir()) == ["rejects.csv"]  # the reasons, and no store, no lock
+    with pytest.raises(FileNotFoundError, match="not a store"):
+        open_store(out)  # what a trainer sees
+    assert main([str(image_dir), "--out", str(out), "--min-side", "8", "--no-progress"]) == 0  # no --overwrite
+    assert len(open_store(out)) == 1

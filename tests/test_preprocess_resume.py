@@ -1,9 +1,10 @@
-"""Interrupted runs resume to a byte-identical store; damaged or mismatched stores are refused with a clear message.
+"""Interrupted runs resume to a byte-identical store; a second writer is refused; a dead worker stops the run.
 
-The kill -9 and Ctrl-C checks run `python -m preprocess` as a subprocess over a few hundred 1024 px images (25
-distinct synthetic phantoms, hard-linked under 600 names so that writing them is cheap while decoding each still
-costs the full price), stop it once some chunks are recorded, rerun the same command, and compare the files with
-a clean run's. The other checks use a small store built in-process.
+The kill -9, Ctrl-C, second-writer and killed-worker checks run `python -m preprocess` as a subprocess (two real
+processes where two runs compete) over a few hundred 1024 px images (25 distinct synthetic phantoms, hard-linked
+under 600 names so that writing them is cheap while decoding each still costs the full price), stop it (or its
+worker) once some chunks are recorded, rerun the same command, and compare the files with a clean run's. The
+other checks use a small store built in-process.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import psutil
 import pytest
 
 from preprocess import __main__ as cli
-from preprocess.store import CHUNK, PARTIAL, open_store
+from preprocess.build import CHUNK
+from preprocess.store import PARTIAL, open_store
 from preprocess.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +114,7 @@ def test_kill_9_midway_then_rerun_is_byte_identical(big_inputs, clean_big, tmp_p
     recorded = _chunks_recorded(out)
     assert 2 <= recorded < -(-(N_FILES + 1) // CHUNK), "the kill did not land mid-run"
     assert not (out / "store.json").exists()
+    assert (out / ".lock").read_text().strip() == str(proc.pid)  # a stale lock: it must not block the rerun
     with pytest.raises(ValueError, match="rerun the same command") as e:
         open_store(out)
     assert str(out) in str(e.value) and "python -m preprocess" in str(e.value)
@@ -131,6 +134,45 @@ def test_ctrl_c_midway_then_rerun_is_byte_identical(big_inputs, clean_big, tmp_p
     assert "interrupted" in err and "run the same command again to resume" in err
     assert "Traceback" not in err
     assert _all_gone(workers), "workers outlived a Ctrl-C"
+    assert not (out / "store.json").exists() and _chunks_recorded(out) >= 2
+    _resume(command, out)
+    _assert_identical(out, clean_big)
+
+
+def test_a_second_writer_is_refused_at_once_and_the_first_finishes_intact(big_inputs, clean_big, tmp_path):
+    out = tmp_path / "store"
+    command = _command(big_inputs, out)
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _chunks_recorded(out) < 1:
+        assert first.poll() is None and time.monotonic() < deadline, "the first run ended before a chunk"
+        time.sleep(0.01)
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    _, err = first.communicate(timeout=300)
+    assert second.returncode == 2
+    assert second.stderr == (f"error: {out} is being written by another run (pid {first.pid}): wait for it to finish,"
+                             f" or stop it (kill {first.pid}), then rerun\n")
+    assert first.returncode == 0, err
+    _assert_identical(out, clean_big)
+    assert not (out / ".lock").exists() or (out / ".lock").read_text().strip() == str(first.pid)
+
+
+def test_a_killed_worker_stops_the_run_with_the_cause_and_it_resumes(big_inputs, clean_big, tmp_path):
+    out = tmp_path / "store"
+    command = _command(big_inputs, out)
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _chunks_recorded(out) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be hit"
+        time.sleep(0.01)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) == 2
+    os.kill(workers[0].pid, signal.SIGKILL)  # what the OOM killer does
+    _, err = proc.communicate(timeout=60)  # it must not hang
+    assert proc.returncode == 1
+    assert err.startswith(f"error: worker pid {workers[0].pid} was killed by signal 9 (SIGKILL): out of memory?")
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    assert _all_gone(workers), "the other worker outlived the stopped run"
     assert not (out / "store.json").exists() and _chunks_recorded(out) >= 2
     _resume(command, out)
     _assert_identical(out, clean_big)
@@ -204,51 +246,3 @@ def test_finished_store_rerun(small_inputs, tmp_path, preprocess_cli, read_store
     assert (out / "images.npy").read_bytes() == before  # refused: untouched
     rc, _, _ = preprocess_cli(small_inputs, "--out", out, "--size", "48", "--workers", "1", "--overwrite")
     assert rc == 0 and read_store(out).images.shape == (40, 48, 48)
-
-
-@pytest.mark.parametrize("keep", [0, 50, 4000], ids=["empty", "in-header", "short-data"])
-def test_truncated_images_npy_is_refused(small_inputs, tmp_path, preprocess_cli, keep):
-    out = tmp_path / "store"
-    assert _build(preprocess_cli, small_inputs, out)[0] == 0
-    os.truncate(out / "images.npy", keep)
-    with pytest.raises(ValueError, match="truncated or damaged.*--overwrite"):
-        open_store(out)
-    rc, _, err = _build(preprocess_cli, small_inputs, out)  # the CLI says the same, no traceback
-    assert rc == 2 and "truncated or damaged" in err and "Traceback" not in err
-
-
-def test_missing_store_json_is_refused(small_inputs, tmp_path, preprocess_cli):
-    out = tmp_path / "store"
-    assert _build(preprocess_cli, small_inputs, out)[0] == 0
-    (out / "store.json").unlink()
-    with pytest.raises(FileNotFoundError, match="no store.json, so it is not a store"):
-        open_store(out)
-    with pytest.raises(FileNotFoundError, match="no store at"):
-        open_store(tmp_path / "nowhere")
-
-
-def test_reader_checks_shape_and_dtype(small_inputs, tmp_path, preprocess_cli):
-    out = tmp_path / "store"
-    assert _build(preprocess_cli, small_inputs, out)[0] == 0
-    store = open_store(out)
-    assert store.images.dtype == np.uint8 and store.images.shape == (40, 32, 32) and len(store) == 40
-    meta_path = out / "store.json"
-    meta = json.loads(meta_path.read_text())
-
-    meta_path.write_text(json.dumps({**meta, "n": 41}))
-    with pytest.raises(ValueError, match=r"store.json says uint8 \(41, 32, 32\).*--overwrite"):
-        open_store(out)
-    meta_path.write_text(json.dumps({**meta, "image_size": [16, 64]}))
-    with pytest.raises(ValueError, match="damaged"):
-        open_store(out)
-    meta_path.write_text(json.dumps(meta))
-    np.save(out / "images.npy", np.zeros((40, 32, 32), dtype=np.float32))
-    with pytest.raises(ValueError, match="holds float32"):
-        open_store(out)
-    np.save(out / "images.npy", np.zeros((40, 32, 32), dtype=np.uint8))
-    meta_path.write_text(json.dumps({**meta, "format_version": 99}))
-    with pytest.raises(ValueError, match="format 99"):
-        open_store(out)
-    meta_path.write_text('{"format_version": 1, "n": ')  # cut short
-    with pytest.raises(ValueError, match="damaged"):
-        open_store(out)

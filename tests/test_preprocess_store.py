@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import preprocess.store as store_module
+import preprocess.finalize as finalize_module
+import preprocess.staging as staging_module
 from preprocess.build import process_one
 from preprocess.preview import CAPTION
 from preprocess.store import open_store
@@ -31,13 +32,14 @@ def built(inputs, tmp_path, monkeypatch, preprocess_cli):
     """A store built with two workers, recording what write_atomic wrote and what was on disk at each write."""
     out = tmp_path / "store"
     writes = []
-    original = store_module.write_atomic
+    original = staging_module.write_atomic
 
-    def spy(path: Path, text: str) -> None:
+    def spy(path: Path, text: str, **kw) -> None:
         present = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
         writes.append((Path(path).name, present))
-        original(path, text)
-    monkeypatch.setattr(store_module, "write_atomic", spy)
+        original(path, text, **kw)
+    monkeypatch.setattr(staging_module, "write_atomic", spy)
+    monkeypatch.setattr(finalize_module, "write_atomic", spy)
     rc, stdout, err = preprocess_cli(inputs, "--out", out, "--size", SIZE, "--workers", "2")
     assert rc == 0, err
     return out, writes, stdout
