@@ -180,9 +180,10 @@ def test_a_deflated_dicom_bomb_is_refused_without_inflating_it(tmp_path):
     bomb = tmp_path / "bomb.dcm"
     _deflated_dicom_bomb(bomb, 16_000)
     assert bomb.stat().st_size < 4 << 20
-    probe = ("import resource, sys\nfrom preprocess.decode import Rejected, decode\n"
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so the child would report pytest's own peak
+    probe = ("import sys\nfrom preprocess.decode import Rejected, decode\n"
              "try:\n    decode(sys.argv[1])\nexcept Rejected as e:\n    print(e)\n"
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+             "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) // 1024)\n")
     done = subprocess.run([sys.executable, "-c", probe, str(bomb)], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     reason, peak_mib = done.stdout.splitlines()
