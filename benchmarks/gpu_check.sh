@@ -8,17 +8,16 @@
 # summary.jsonl, check.log, loader_throughput.json (the full benchmark JSON), loader_throughput.png. Stores and
 # checkpoints go to WORK (default /tmp/scarce-gpu-check; the store is reused by a rerun on the same machine).
 #
-# Expected time per phase on the H200 machine (16 cores), all: about 4 min 10 s; dry run on the 2-core CPU machine:
-#   phase     H200 est.  timeout  dry run  what
-#   versions     10 s       60 s     4 s   torch, CUDA, driver, cuDNN, DALI, GPU name, NVML's pick; every import
-#   store        35 s      150 s     5 s   1,024 synthetic phantoms at 256 px, preprocess, merge to 65,536 slots
-#   smoke        15 s       90 s     2 s   one batch of dali-gpu streamed and resident against dali-cpu's views
-#   loader       45 s      150 s     9 s   dali-gpu resident, streamed, torchvision and opencv (14 workers)
-#   train        50 s      180 s     8 s   ResNet50 bf16 channels_last b256: ceiling, dali-gpu, torchvision, ceiling
-#   pytest       30 s      180 s     8 s   pytest -m gpu, counts into the summary
-#   pretrain     45 s      180 s     7 s   300-step SimCLR ResNet50 on dali-gpu (checkpoint under WORK)
-#   sweep        25 s      120 s     6 s   torchvision and opencv with 1, 4, 14 workers (batch 64)
-# How the estimates were made: see docs/BENCHMARKS.md, "GPU checks".
+# Expected time per phase on the H200 machine (16 cores): about 4 min 20 s in all. Estimates, not measurements (no
+# GPU machine has run this yet): fixed costs from dry runs here, sizes scaled by costs measured here per image, per
+# slot and per core, GPU steps from ResNet50's bf16 throughput (see docs/BENCHMARKS.md, "GPU checks"):
+#   phase      H200 est.  timeout  dry run here (2 cores at load 4-5)   what
+#   preflight     15 s      120 s    16 s   versions, GPU identity, every import; dali-gpu streamed + resident vs dali-cpu
+#   store         35 s      150 s     2 s   1,024 phantoms at 256 px, preprocess, merge to 65,536 slots (119 s here)
+#   loader        40 s      150 s    20 s   dali-gpu resident, streamed, torchvision, opencv (14 workers), batch 256
+#   train         50 s      180 s    31 s   ResNet50 bf16 channels_last b256: ceiling, dali-gpu, torchvision, ceiling
+#   pytest        45 s      180 s    10 s   pytest -m gpu, counts into the summary (dry run: gpu-marked modules only)
+#   long          75 s      240 s    23 s   300-step SimCLR ResNet50 on dali-gpu, then the worker sweep (1, 4, 14)
 set -uo pipefail
 dry=0
 if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
@@ -33,13 +32,15 @@ export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 if [ "$dry" = 1 ]; then
   export OMP_NUM_THREADS=1  # torch's threads against the workers' on 2 busy cores: 10x slower steps, measured
   SIZES=(--base 32 --slots 128 --batch 8 --crop 32 --workers 1 --arch resnet18)
-  LOADER=(--steps 3 --warmup 1 --min-seconds 0) TRAIN=(--steps 2 --warmup 1 --min-seconds 0)
-  LONG=(--pretrain-steps 2 --sweep 1,2 --sweep-batch 8 --sweep-steps 2 --warmup 1 --min-seconds 0)
+  LOADER=(--steps 3 --warmup 1 --min-seconds 0) TRAIN=(--steps 1 --warmup 1 --min-seconds 0)
+  PYTEST=(--marked-modules-only)  # the GPU machine collects every module: what failed there before
+  LONG=(--pretrain-steps 2 --sweep 1 --sweep-batch 8 --sweep-steps 2 --warmup 1 --min-seconds 0)
   declare -A T=([preflight]=90 [store]=60 [loader]=90 [train]=90 [pytest]=90 [long]=120)
 else
   SIZES=(--base 1024 --slots 65536 --batch 256 --crop 224 --workers 14 --arch resnet50)
   LOADER=(--steps 50 --warmup 10 --min-seconds 3) TRAIN=(--steps 20 --warmup 5 --min-seconds 4)
-  LONG=(--pretrain-steps 300 --sweep 1,4,14 --sweep-batch 64 --sweep-steps 10 --min-seconds 2)
+  PYTEST=()
+  LONG=(--pretrain-steps 300 --sweep 1,4,14 --sweep-batch 64 --sweep-steps 5 --warmup 4 --min-seconds 2)
   declare -A T=([preflight]=120 [store]=150 [loader]=150 [train]=180 [pytest]=180 [long]=240)
 fi
 
@@ -63,7 +64,7 @@ phase preflight
 phase store
 phase loader "${LOADER[@]}"
 phase train "${TRAIN[@]}"
-phase pytest
+phase pytest "${PYTEST[@]}"
 phase long "${LONG[@]}"
 if [ "$(stat -c %s "$LOG")" -gt $((15 * 1024 * 1024)) ]; then  # only 16 MiB a file come back
   tail -c $((15 * 1024 * 1024)) "$LOG" >"$LOG.tail" && mv "$LOG.tail" "$LOG"

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks.gpu_phases import PHASES
@@ -65,3 +66,37 @@ def test_dry_run_with_only_the_gpu_machines_packages(tmp_path):
     assert (work / "pretrain" / "checkpoint.pt").exists(), "the pretrain's checkpoint belongs under WORK"
     doc = json.loads((out / "loader_throughput.json").read_text())
     assert {(x["mode"], x["loader"]) for x in doc["results"]} >= {("loader", "opencv"), ("train", "ceiling (end)")}
+
+
+@pytest.mark.slow
+def test_a_phase_cut_short_keeps_its_lines_and_marks_the_item_in_progress(tmp_path):
+    """SIGTERM to the phase's process group, as `timeout` sends it, while the torchvision loader is being timed: the
+    lines written before stay, the item in progress is `timeout`, the phase exits 124 and leaves no worker behind."""
+    import signal
+    import time
+
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    work, summary = tmp_path / "work", tmp_path / "summary.jsonl"
+    common = ["--summary", str(summary), "--out", str(tmp_path / "out"), "--work", str(work), "--base", "16",
+              "--slots", "32", "--batch", "4", "--crop", "32", "--workers", "2", "--arch", "resnet18"]
+    phase = [sys.executable, "-m", "benchmarks.gpu_phases"]
+    assert subprocess.run([*phase, "store", *common], env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen([*phase, "loader", *common, "--steps", "10000000", "--min-seconds", "0", "--warmup",
+                             "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while '"item": "dali-gpu"' not in summary.read_text() and time.monotonic() < deadline:  # torchvision is next
+        time.sleep(0.2)
+    time.sleep(3)  # into torchvision's timed stage (its workers forked)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    lines = [json.loads(line) for line in summary.read_text().splitlines()]
+    loader = {x["item"]: x["status"] for x in lines if x["phase"] == "loader"}
+    assert proc.returncode == 124, out[-3000:]
+    assert loader["torchvision"] == "timeout" and "opencv" not in loader, loader
+    assert loader["dali-gpu"] in ("skipped", "ok") and [x["phase"] for x in lines][:2] == ["store", "store"]
+    time.sleep(1)
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(work) in " ".join(p.info["cmdline"] or [])]
+    assert not left, f"processes left behind: {[p.info['cmdline'] for p in left]}"
