@@ -2,7 +2,7 @@
 benchmark's own measurements (benchmarks/loader_throughput.py: warm-up, timed stage, CPU and NVML readings), one
 loader at a time in one process, so that the ratios are side by side. Each result is a summary line as soon as it is
 measured, and the full benchmark JSON (OUT/loader_throughput.json, raw rows in WORK/results.jsonl) is rewritten
-after each; the chart is drawn at the end of a phase."""
+after each; the chart is drawn at the end of the train phase."""
 from __future__ import annotations
 
 import json
@@ -49,7 +49,8 @@ def _runs(a, s, mode: str, runs):
         s.measure(name, one)
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     doc = json.loads((a.out / "loader_throughput.json").read_text())
-    report.chart(doc, a.out / "loader_throughput.png")
+    if mode == "train":  # the chart of both modes, once (matplotlib costs seconds); the JSON has it all before
+        report.chart(doc, a.out / "loader_throughput.png")
     return doc
 
 

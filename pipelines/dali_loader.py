@@ -73,6 +73,7 @@ class DaliLoader:
                 for s in range(0, len(store), 4096):  # in blocks: no second host copy of a 7 GB store
                     self.resident[s:s + 4096].copy_(torch.from_numpy(np.asarray(store.images[s:s + 4096])))
                 self._stream = torch.cuda.Stream()
+                self._stream.wait_stream(torch.cuda.current_stream())  # gathers start after the copies in (on the GPU)
         self.epoch, self.start_batch = 0, 0
         self._iterator, self._finished_epoch = None, True
 
