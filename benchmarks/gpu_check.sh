@@ -11,13 +11,13 @@
 # Expected time per phase on the H200 machine (16 cores): about 4 min 20 s in all. Estimates, not measurements (no
 # GPU machine has run this yet): fixed costs from dry runs here, sizes scaled by costs measured here per image, per
 # slot and per core, GPU steps from ResNet50's bf16 throughput (see docs/BENCHMARKS.md, "GPU checks"):
-#   phase      H200 est.  timeout  dry run here (2 cores at load 4-5)   what
-#   preflight     15 s      120 s    16 s   versions, GPU identity, every import; dali-gpu streamed + resident vs dali-cpu
-#   store         35 s      150 s     2 s   1,024 phantoms at 256 px, preprocess, merge to 65,536 slots (119 s here)
-#   loader        40 s      150 s    20 s   dali-gpu resident, streamed, torchvision, opencv (14 workers), batch 256
-#   train         50 s      180 s    31 s   ResNet50 bf16 channels_last b256: ceiling, dali-gpu, torchvision, ceiling
-#   pytest        45 s      180 s    10 s   pytest -m gpu, counts into the summary (dry run: gpu-marked modules only)
-#   long          75 s      240 s    23 s   300-step SimCLR ResNet50 on dali-gpu, then the worker sweep (1, 4, 14)
+#   phase      H200 est.  timeout  dry run here (2 cores at load 3.7: 81 s)   what
+#   preflight     15 s      120 s    14 s   versions, GPU identity, imports; dali-gpu streamed + resident vs dali-cpu
+#   store         35 s      150 s     3 s   1,024 phantoms at 256 px, preprocess, merge to 65,536 slots (119 s here)
+#   loader        40 s      150 s    16 s   dali-gpu resident, streamed, torchvision, opencv (14 workers), batch 256
+#   train         50 s      180 s    24 s   ResNet50 bf16 channels_last b256: ceiling, dali-gpu, torchvision, ceiling
+#   pytest        45 s      180 s     8 s   pytest -m gpu, counts into the summary (dry run: gpu-marked modules only)
+#   long          75 s      240 s    16 s   300-step SimCLR ResNet50 on dali-gpu, then the worker sweep (1, 4, 14)
 set -uo pipefail
 dry=0
 if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
