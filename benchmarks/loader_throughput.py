@@ -121,7 +121,8 @@ def timed(batches, args, device, step_fn, gpu) -> dict:
             "step_ms_p50": float(np.percentile(steps_ms, 50)),
             "step_ms_p95": float(np.percentile(steps_ms, 95)), "seconds": wall,
             "cpu_cores_busy": cpu / wall,
-            "gpu_util_mean": g.get("gpu_util_mean"), "gpu_mem_used_max_mib": g.get("gpu_mem_used_max_mib"),
+            "gpu_util_mean": g.get("gpu_util_mean"), "gpu_util_p10": g.get("gpu_util_p10"),
+            "gpu_mem_used_max_mib": g.get("gpu_mem_used_max_mib"),
             "worker_processes": len(pids), "workers_private_dirty_mib": mem1,
             "workers_private_growth_mib": mem1 - mem0, "data_wait_frac": wait / wall}
 
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gpu = GpuMonitor().start() if device.type == "cuda" else None
+    gpu = GpuMonitor(device).start() if device.type == "cuda" else None  # torch's GPU, by UUID
     modes = MODES if args.mode == "both" else (args.mode,)
     runs = [(k, False) for k in args.loaders]
     if args.resident and "dali-gpu" in args.loaders:

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 FIGURES = ("images_per_s", "images_per_s_per_core", "per_core_ratio_vs_torchvision", "step_ms_p50", "step_ms_p95", "cpu_cores_busy", "gpu_util_mean",
-           "gpu_mem_used_max_mib", "workers_private_dirty_mib", "time_to_first_batch_s", "ratio_vs_torchvision")
+           "gpu_util_p10", "gpu_mem_used_max_mib", "workers_private_dirty_mib", "time_to_first_batch_s", "ratio_vs_torchvision")
 TRAIN_FIGURES = ("data_wait_frac", "ratio_to_ceiling")
-NULLABLE = {"gpu_util_mean", "gpu_mem_used_max_mib", "ratio_vs_torchvision", "per_core_ratio_vs_torchvision",
+NULLABLE = {"gpu_util_mean", "gpu_util_p10", "gpu_mem_used_max_mib", "ratio_vs_torchvision", "per_core_ratio_vs_torchvision",
             "ratio_to_ceiling"}
 
 _num = {"type": "number"}

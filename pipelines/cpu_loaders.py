@@ -226,8 +226,12 @@ class SeedLoader(_CpuLoader):
 
 
 class FastCpuLoader(_CpuLoader):
-    def __init__(self, store, sampler, config, *, num_workers=None, out_device=torch.device("cpu")):
-        views = _FastViews(store.images, config, sampler, float_out=out_device.type == "cpu")
+    def __init__(self, store, sampler, config, *, num_workers=None, out_device=torch.device("cpu"),
+                 float_in_workers: bool | None = None):
+        # float_in_workers: finish the views in the workers (default: where the training device is the CPU); False
+        # sends uint8 views on to be finished on the training device, a GPU's path (the tests run it on a CPU too)
+        float_out = out_device.type == "cpu" if float_in_workers is None else float_in_workers
+        views = _FastViews(store.images, config, sampler, float_out=float_out)
         super().__init__(views, sampler, num_workers, out_device)
         self.size = store.size
 

@@ -13,7 +13,7 @@ keeps the sampler, epoch and parameter state in one process. Where the host gath
 GPU-resident store removes it.
 
 With `resident=True` the whole store is copied once to GPU memory (112k images are 7.3 GB) and the callback hands
-DALI a batch gathered on the GPU: no host work per batch beyond drawing parameters.
+DALI a batch gathered on the GPU: no host work per batch beyond drawing parameters (see `_feed_images` for streams).
 """
 from __future__ import annotations
 
@@ -29,13 +29,15 @@ from pipelines.photometric import finish
 from pipelines.sampler import EpochSampler, key
 
 
-def _pipeline(feed_images, feed_params, *, batch_size, crop, device, resident, num_threads, device_id):
+def _pipeline(feed_images, feed_params, *, batch_size, crop, device, resident, num_threads, device_id,
+              stream=None):
     from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=2)
     def two_views():
+        # stream: where a resident batch is gathered (DaliLoader._feed_images); DALI copies it in on that stream
         images = fn.external_source(source=feed_images, batch=True, layout="HWC", dtype=types.UINT8, ndim=3,
-                                    device="gpu" if resident else "cpu")
+                                    device="gpu" if resident else "cpu", cuda_stream=stream)
         params = fn.external_source(source=feed_params, batch=True, num_outputs=8,
                                     dtype=[types.FLOAT, types.FLOAT, types.FLOAT, types.INT32] * 2)
         if device == "gpu" and not resident:
@@ -71,6 +73,7 @@ class DaliLoader:
                 for s in range(0, len(store), 4096):  # in blocks: no second host copy of a 7 GB store
                     self.resident[s:s + 4096].copy_(torch.from_numpy(np.asarray(store.images[s:s + 4096])))
                 self._stream = torch.cuda.Stream()
+                self._stream.wait_stream(torch.cuda.current_stream())  # gathers start after the copies in (on the GPU)
         self.epoch, self.start_batch = 0, 0
         self._iterator, self._finished_epoch = None, True
 
@@ -96,12 +99,16 @@ class DaliLoader:
         self._img_pos += 1
         if self.resident is None:
             return self.store.images[idx][..., None]
+        # Resident: the batch is gathered on the loader's own stream, and DALI is handed that stream too
+        # (external_source's cuda_stream, `_build`): DALI queues its copy of the batch into its own buffer on it, and
+        # its own work waits for that copy through an event, so the host never waits for the GPU here. The memory is
+        # safe until the copy is done: the returned tensor is dropped just after DALI queued the copy, and torch's
+        # caching allocator hands a freed block only to later work on the stream it was allocated on, this one,
+        # which runs after the copy.
         with torch.cuda.stream(self._stream):
             # to the store's GPU, not .cuda(): the current device may be another one (rank > 0 of a node)
             idx = torch.from_numpy(idx).to(self.resident.device, non_blocking=True)
-            batch = self.resident.index_select(0, idx).unsqueeze(-1)
-        self._stream.synchronize()
-        return batch
+            return self.resident.index_select(0, idx).unsqueeze(-1)
 
     def _feed_params(self):
         if self._par_pos >= len(self._batches):
@@ -122,7 +129,8 @@ class DaliLoader:
         ref = weakref.ref(self)
         pipe = _pipeline(lambda: ref()._feed_images(), lambda: ref()._feed_params(), batch_size=self.sampler.batch_size,
                          crop=self.config.crop_size, device=self.device,
-                         resident=self.resident is not None, num_threads=self.num_threads, device_id=self.device_id)
+                         resident=self.resident is not None, num_threads=self.num_threads, device_id=self.device_id,
+                         stream=self._stream if self.resident is not None else None)
         pipe.build()
         return DALIGenericIterator([pipe], ["view1", "view2"], auto_reset=False, prepare_first_batch=False,
                                    last_batch_policy=LastBatchPolicy.PARTIAL)

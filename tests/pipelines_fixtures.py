@@ -120,3 +120,37 @@ def views(ld, n: int) -> torch.Tensor:
             total += b.shape[0]
         epoch += 1
     return torch.cat(out)
+
+
+# The opencv loader's GPU path: its workers crop, resize, flip and blur in uint8 (`opencv_views.uint8_views`), then
+# the float end (jitter, normalize, clamp) runs on the training device. Against a reference computed from the same
+# uint8 views on the CPU the only differences are float32 rounding in x * scale + offset (|x| <= about 21 in
+# normalized units: ulp 2e-6) and in each view's mean (summed in another order: about 1e-6 relative, under 1e-5 in
+# the output). 1e-4 leaves 10x room for that and still sees any uint8 difference: one gray level is at least
+# min(brightness x contrast) / (255 std) in the output, which `check_uint8_path` checks is above it.
+UINT8_PATH_TOL = 1e-4
+
+
+def opencv_uint8_reference(ld, epoch: int = 0, j: int = 0) -> torch.Tensor:
+    """Batch j of `epoch` as the opencv loader `ld` makes it for a GPU, computed here on the CPU: the workers' uint8
+    views (`opencv_views.batch` without a noise seed), then `photometric.finish_torch`. For configs without noise
+    (CPU and CUDA generators draw different noise from one seed)."""
+    from pipelines import opencv_views
+    from pipelines.params import draw
+    from pipelines.photometric import finish_torch
+
+    slots = ld.sampler.batches(epoch)[j]
+    p = draw(ld.config, ld.views.key(epoch, j), 2 * len(slots), ld.size, ld.size)
+    u8 = opencv_views.batch(ld.views.images, slots, p, ld.config, None)
+    return finish_torch(u8, p, ld.config, ld.views.key(epoch, j, 1)), p
+
+
+def check_uint8_path(ld, got: torch.Tensor) -> float:
+    """Assert the opencv loader's first batch `got` (2B, 1, c, c) is its uint8 path within UINT8_PATH_TOL."""
+    assert ld.config.noise_std == 0, "the reference leaves the noise out: use a config without noise"
+    want, p = opencv_uint8_reference(ld)
+    one_gray = float((p.brightness * p.contrast).min()) / (255 * ld.config.std)
+    assert one_gray > 2 * UINT8_PATH_TOL, f"the tolerance would not see one gray level ({one_gray:.2e})"
+    diff = (got.cpu() - want).abs().max().item()
+    assert diff < UINT8_PATH_TOL, f"the opencv loader's uint8 path differs from its reference by {diff:.2e}"
+    return diff

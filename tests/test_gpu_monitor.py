@@ -4,8 +4,10 @@ import statistics
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
+from training import gpu_monitor
 from training.gpu_monitor import GpuMonitor, gpu_info
 
 MIB = 2**20
@@ -32,8 +34,17 @@ class FakeNvml:
     def nvmlDeviceGetHandleByIndex(self, index):
         return ("handle", index)
 
+    # two GPUs in NVML's (PCI) order: index 0 is GPU-aaaa on bus 0x17, index 1 is GPU-bbbb on bus 0x65
+    GPUS = (("GPU-aaaa", "00000000:17:00.0"), ("GPU-bbbb", "00000000:65:00.0"))
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return ("handle", [u for u, _ in self.GPUS].index(uuid))  # ValueError, as NVMLError, for an unknown one
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus):
+        return ("handle", [b for _, b in self.GPUS].index(bus))
+
     def nvmlDeviceGetName(self, handle):
-        return self.name
+        return self.name if handle == ("handle", 0) else f"{_text(self.name)} #{handle[1]}"
 
     def nvmlDeviceGetUtilizationRates(self, handle):
         self.reported_util.append(next(self._utils))
@@ -53,6 +64,10 @@ class FakeNvml:
         return 12040
 
 
+def _text(v):
+    return v.decode() if isinstance(v, bytes) else v
+
+
 def run_until(monitor, fake, n_samples, timeout=5.0):
     """Sample on the thread until the stand-in has reported at least ``n_samples`` utilisations in total."""
     monitor.start()
@@ -64,6 +79,7 @@ def run_until(monitor, fake, n_samples, timeout=5.0):
 
 def expected(utils, used):
     return {"gpu_util_mean": statistics.fmean(utils), "gpu_util_p50": statistics.median(utils),
+            "gpu_util_p10": float(np.percentile(utils, 10, method="inverted_cdf")),  # nearest rank
             "gpu_util_min": min(utils), "gpu_mem_used_max_mib": max(used) / MIB,
             "gpu_mem_total_mib": 141 * 1024.0, "samples": len(utils), "gpu_name": "Fake H200"}
 
@@ -88,6 +104,7 @@ def test_reset_drops_earlier_samples():
     summary = monitor.summary()
     assert summary["samples"] == 0 and monitor.latest() is None
     assert summary["gpu_util_mean"] is summary["gpu_util_p50"] is summary["gpu_util_min"] is None
+    assert summary["gpu_util_p10"] is None
     assert summary["gpu_mem_used_max_mib"] is None
     before = len(fake.reported_util)
     summary = run_until(monitor, fake, before + 5)
@@ -149,3 +166,30 @@ def test_gpu_info():
 def test_bad_interval_is_rejected():
     with pytest.raises(ValueError, match="interval"):
         GpuMonitor(interval=0, nvml=FakeNvml())
+
+
+def test_p10_is_the_nearest_rank_tenth_percentile():
+    monitor = GpuMonitor(nvml=FakeNvml())
+    monitor._samples = [(u, 0) for u in (90, 10, 50, 70, 30, 100, 80, 60, 40, 20, 95)]  # 11 samples
+    assert monitor.summary()["gpu_util_p10"] == 20  # ceil(1.1) = 2nd lowest: 10% of 11 is more than one sample
+
+
+@pytest.mark.parametrize("ident, want", [
+    ({"uuid": "GPU-bbbb", "pci_bus_id": None}, 1),
+    ({"uuid": "GPU-gone", "pci_bus_id": "00000000:65:00.0"}, 1),  # UUID unknown to NVML: the PCI bus id decides
+    (None, 0),  # torch sees no CUDA GPU: NVML's index 0
+])
+def test_nvml_picks_the_gpu_torch_uses(monkeypatch, ident, want):
+    """CUDA_VISIBLE_DEVICES=1 makes NVML's GPU 1 torch's cuda:0: the monitor must sample that GPU, not NVML's 0."""
+    asked = []
+    monkeypatch.setattr(gpu_monitor, "cuda_identity", lambda device=None: asked.append(device) or ident)
+    fake = FakeNvml()
+    monitor = GpuMonitor(device=0, interval=0.001, nvml=fake)
+    assert monitor._handle == ("handle", want) and asked == [0]
+    assert monitor.gpu_name == ("Fake H200" if want == 0 else "Fake H200 #1")
+    assert gpu_info(device=0, nvml=FakeNvml())["gpu_name"] == monitor.gpu_name
+
+
+def test_a_gpu_nvml_does_not_know_is_unavailable_not_another_one(monkeypatch):
+    monkeypatch.setattr(gpu_monitor, "cuda_identity", lambda device=None: {"uuid": "GPU-gone", "pci_bus_id": None})
+    assert_all_none(GpuMonitor(nvml=FakeNvml()))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.stats import ks_2samp
 
 from pipelines import AugmentConfig, EpochSampler
 from pipelines.params import NO_BLUR_SIGMA, crop_windows, draw
@@ -86,6 +85,7 @@ def _torchvision_crops(n, height, width, scale, ratio, seed=0):
 @pytest.mark.parametrize("height,width,scale", [(256, 256, (0.08, 1.0)), (64, 256, (0.08, 1.0)),
                                                 (300, 100, (0.5, 1.0)), (128, 128, (0.9, 1.0))])
 def test_crop_windows_match_torchvision(height, width, scale):
+    ks_2samp = pytest.importorskip("scipy.stats").ks_2samp
     ratio = (3 / 4, 4 / 3)
     ours = crop_windows(np.random.default_rng(1), 6000, height, width, scale, ratio)
     ref = _torchvision_crops(6000, height, width, scale, ratio)

@@ -4,8 +4,13 @@ NVML's utilisation counter is itself an average over the driver's sample period 
 depending on the GPU), so sampling every 0.05 s reads the same window several times; the figures here are exactly
 what NVML reported, with no smoothing of our own. Without NVML or a GPU, ``available`` is False and every figure is
 None (never a made-up zero).
+
+The GPU is the one torch calls `device` (default: torch's current device), found in NVML by its UUID, else its PCI
+bus id: NVML numbers GPUs in PCI order and ignores CUDA_VISIBLE_DEVICES, so NVML's index N is often another GPU than
+torch's cuda:N. Only where torch cannot say which GPU it is (no CUDA) is the index used.
 """
 import logging
+import math
 import statistics
 import threading
 
@@ -29,15 +34,52 @@ def _text(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def gpu_info(device_index: int = 0, nvml=None) -> dict:
-    """Describe the machine's GPU for benchmark records; every value is None where NVML cannot tell."""
+def cuda_identity(device=None) -> dict | None:
+    """{"uuid", "pci_bus_id"} of torch's CUDA `device` (torch.device, index, or None: the current one) in NVML's
+    spelling, or None where torch sees no CUDA GPU."""
+    try:
+        import torch
+        if not torch.cuda.is_available() or getattr(device, "type", "cuda") != "cuda":
+            return None
+        index = getattr(device, "index", device)
+        props = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index)
+    except Exception as exc:
+        log.debug("torch cannot describe CUDA device %r: %r", device, exc)
+        return None
+    uuid = getattr(props, "uuid", None)
+    uuid = None if uuid is None else str(uuid)
+    if uuid and not uuid.startswith(("GPU-", "MIG-")):
+        uuid = "GPU-" + uuid
+    bus = None
+    if hasattr(props, "pci_bus_id"):
+        bus = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+    return {"uuid": uuid, "pci_bus_id": bus}
+
+
+def nvml_handle(nvml, device=None):
+    """NVML's handle for torch's CUDA `device`: by UUID, else by PCI bus id, else (no CUDA in torch) by index."""
+    ident = cuda_identity(device) or {}
+    for key, lookup in (("uuid", "nvmlDeviceGetHandleByUUID"), ("pci_bus_id", "nvmlDeviceGetHandleByPciBusId")):
+        if ident.get(key):
+            try:
+                return getattr(nvml, lookup)(ident[key])
+            except Exception as exc:
+                log.debug("NVML has no GPU with %s %s: %r", key, ident[key], exc)
+    if ident:
+        raise LookupError(f"NVML knows no GPU with torch's UUID or PCI bus id {ident}")
+    index = getattr(device, "index", device)
+    return nvml.nvmlDeviceGetHandleByIndex(index or 0)
+
+
+def gpu_info(device=None, nvml=None) -> dict:
+    """Describe torch's GPU `device` for benchmark records; every value is None where NVML cannot tell."""
     info = {"gpu_name": None, "driver_version": None, "cuda_driver_version": None, "cuda_devices": None}
     nvml = _load_nvml(nvml)
     if nvml is None:
         return info
     queries = {
         "cuda_devices": lambda: nvml.nvmlDeviceGetCount(),
-        "gpu_name": lambda: _text(nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(device_index))),
+        "gpu_name": lambda: _text(nvml.nvmlDeviceGetName(nvml_handle(nvml, device))),
         "driver_version": lambda: _text(nvml.nvmlSystemGetDriverVersion()),
         # NVML encodes CUDA 12.4 as 12040
         "cuda_driver_version": lambda: "%d.%d" % divmod(nvml.nvmlSystemGetCudaDriverVersion() // 10, 100),
@@ -55,10 +97,11 @@ class GpuMonitor:
     """Sample one GPU's utilisation (%) and used memory every ``interval`` seconds on a daemon thread.
 
     ``with GpuMonitor() as mon: ...`` starts and stops it (and releases NVML); ``mon.summary()`` then holds the
-    figures. ``nvml`` is a module-like stand-in for ``pynvml`` (the default, imported lazily).
+    figures. ``device``: torch's CUDA device (torch.device or index; default the current one). ``nvml`` is a
+    module-like stand-in for ``pynvml`` (the default, imported lazily).
     """
 
-    def __init__(self, device_index: int = 0, interval: float = 0.05, nvml=None):
+    def __init__(self, device=None, interval: float = 0.05, nvml=None):
         if interval <= 0:
             raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
         self.interval = interval
@@ -70,11 +113,11 @@ class GpuMonitor:
         self.gpu_name = self._mem_total = self._handle = None
         if self._nvml is not None:
             try:
-                self._handle = self._nvml.nvmlDeviceGetHandleByIndex(device_index)
+                self._handle = nvml_handle(self._nvml, device)
                 self.gpu_name = _text(self._nvml.nvmlDeviceGetName(self._handle))
                 self._mem_total = self._nvml.nvmlDeviceGetMemoryInfo(self._handle).total
             except Exception as exc:
-                log.debug("NVML has no usable GPU %d: %r", device_index, exc)
+                log.debug("NVML has no usable GPU for %r: %r", device, exc)
                 self.gpu_name = self._mem_total = None
                 self.close()
         self.available = self._nvml is not None
@@ -139,12 +182,14 @@ class GpuMonitor:
             return self._samples[-1][0] if self._samples else None
 
     def summary(self) -> dict:
-        """Utilisation mean/median/min (%) and peak used memory (MiB) over the samples so far; None where none."""
+        """Utilisation mean/median/p10/min (%) and peak used memory (MiB) over the samples so far; None where none.
+        p10 is the nearest-rank 10th percentile: the lowest value that at least 10% of the samples are at or below."""
         with self._lock:
             utils = [u for u, _ in self._samples]
             peak = max((m for _, m in self._samples), default=None)
         return {"gpu_util_mean": statistics.fmean(utils) if utils else None,
                 "gpu_util_p50": statistics.median(utils) if utils else None,
+                "gpu_util_p10": sorted(utils)[math.ceil(0.1 * len(utils)) - 1] if utils else None,
                 "gpu_util_min": min(utils) if utils else None,
                 "gpu_mem_used_max_mib": peak / _MIB if peak is not None else None,
                 "gpu_mem_total_mib": self._mem_total / _MIB if self._mem_total is not None else None,

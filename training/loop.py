@@ -71,7 +71,7 @@ def train(args, d, loader, method, model, opt, peak, state: dict, log: RunLog, s
     total, cuda = state["total"], d.device.type == "cuda"
     end = min(total, state["step"] + args.stop_after) if args.stop_after else total
     train_step = TrainStep(method, model, opt, d.device)
-    meter = Meter(d.device, GpuMonitor(device_index=d.local_rank).start() if cuda else None)
+    meter = Meter(d.device, GpuMonitor(device=d.device).start() if cuda else None)
     bad_step = torch.tensor(-1, device=d.device)  # first non-finite step, kept without a sync per step
     progress = Progress(total, state["step"], enabled=d.main, plain=args.no_progress)
     agree, every_s = Agreement(d.world_size, d.control), args.checkpoint_minutes * 60
