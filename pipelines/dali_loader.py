@@ -1,9 +1,15 @@
-"""The DALI loader: external_source over the store, two views per image on the GPU (or DALI's CPU backend).
+"""The DALI loader: external_source over the store, the views of every image made by one DALI graph, on the GPU
+(or DALI's CPU backend).
 
 Per batch, the host only gathers the batch's slots from the memmap (page cache -> one (B, S, S, 1) array) and draws
-the per-view parameters (`pipelines.params`). DALI then crops, resizes and flips each view in one `fn.resize` (its
-ROI is the crop; an ROI reversed in x is the flip) and blurs it, in uint8. The float end (jitter, noise,
-normalize) runs on the training device (`pipelines.photometric`: batched torch on a GPU, OpenCV per view on a CPU).
+the per-view parameters (`pipelines.params`), handed to DALI as per-sample argument inputs. The whole augmentation
+chain then runs as DALI operators (`pipelines.dali_graph`: crop + resize + flip, ColorJitter, blur, noise,
+normalize), and the views come out float32, normalized, on DALI's device. The noise is keyed per batch, so a resumed
+run redraws it exactly (how, and why not pipeline checkpointing: `pipelines.dali_graph`).
+
+`float_end="torch"` keeps the earlier split: DALI crops, resizes, flips and blurs in uint8 and the float end runs on
+the training device (`pipelines.photometric`). It is there for the side-by-side benchmark
+(`python -m benchmarks.loader_throughput`), which measures it faster per core on DALI's CPU backend (docs/BENCHMARKS.md).
 
 Feeding: a batch-mode callback that gathers the whole batch in one fancy-index read of the memmap, measured against
 parallel external source (a per-sample callback in worker processes, handed over through shared memory) by
@@ -23,39 +29,54 @@ import weakref
 import numpy as np
 import torch
 
+from pipelines import dali_graph
 from pipelines.config import AugmentConfig
 from pipelines.params import draw
 from pipelines.photometric import finish
 from pipelines.sampler import EpochSampler, key
 
+FLOAT_ENDS = ("graph", "torch")
+VIEWS = 2
 
-def _pipeline(feed_images, feed_params, *, batch_size, crop, device, resident, num_threads, device_id):
+
+def _pipeline(feed_images, feed_params, *, batch_size, config, device, resident, num_threads, device_id,
+              float_end):
     from nvidia.dali import fn, pipeline_def, types
 
+    names = dali_graph.ARGS if float_end == "graph" else dali_graph.UINT8_ARGS
+    n_args = len(names)
+
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=2)
-    def two_views():
+    def views():
         images = fn.external_source(source=feed_images, batch=True, layout="HWC", dtype=types.UINT8, ndim=3,
                                     device="gpu" if resident else "cpu")
-        params = fn.external_source(source=feed_params, batch=True, num_outputs=8,
-                                    dtype=[types.FLOAT, types.FLOAT, types.FLOAT, types.INT32] * 2)
+        params = fn.external_source(source=feed_params, batch=True, num_outputs=VIEWS * n_args,
+                                    dtype=dali_graph.arg_types(names) * VIEWS)
         if device == "gpu" and not resident:
             images = images.gpu()
-        views = []
-        for roi_start, roi_end, sigma, window in (params[0:4], params[4:8]):
-            v = fn.resize(images, size=(crop, crop), roi_start=roi_start, roi_end=roi_end, antialias=True)
-            views.append(fn.gaussian_blur(v, window_size=window, sigma=sigma))
-        return tuple(views)
+        out = []
+        for v in range(VIEWS):
+            args = params[v * n_args:(v + 1) * n_args]
+            out.append(dali_graph.view(images, args, config.crop_size, config) if float_end == "graph" else
+                       dali_graph.uint8_view(images, args, config.crop_size))
+        return tuple(out)
 
-    return two_views()
+    return views()
 
 
 class DaliLoader:
     """Iterates (view1, view2), float32 (B, 1, crop, crop) normalized, on `out_device`."""
 
     def __init__(self, store, sampler: EpochSampler, config: AugmentConfig, *, device: str = "gpu",
-                 num_threads: int | None = None, out_device: torch.device | None = None, resident: bool = False):
+                 num_threads: int | None = None, out_device: torch.device | None = None, resident: bool = False,
+                 float_end: str = "graph"):
         if resident and device != "gpu":
             raise ValueError("a GPU-resident store needs the dali-gpu loader")
+        if float_end not in FLOAT_ENDS:
+            raise ValueError(f"float_end={float_end!r}: choose one of {', '.join(FLOAT_ENDS)}")
+        if float_end == "graph":
+            dali_graph.check_random_state()
+        self.float_end = float_end
         self.store, self.sampler, self.config = store, sampler, config
         self.device = device
         self.device_id = None if device == "cpu" else (torch.cuda.current_device() if out_device is None
@@ -109,10 +130,12 @@ class DaliLoader:
         j = self.start_batch + self._par_pos
         self._par_pos += 1
         b = len(self._batches[j - self.start_batch])
-        p = draw(self.config, self._key(j), 2 * b, self.store.size, self.store.size)
-        self._params[j] = p
-        start, end = p.roi()
-        return (start[:b], end[:b], p.sigma[:b], p.window[:b], start[b:], end[b:], p.sigma[b:], p.window[b:])
+        p = draw(self.config, self._key(j), VIEWS * b, self.store.size, self.store.size)
+        names = dali_graph.ARGS
+        if self.float_end == "torch":
+            self._params[j], names = p, dali_graph.UINT8_ARGS
+        return sum((dali_graph.view_arguments(p, slice(v * b, (v + 1) * b), self.config, self._key(j, 1, v), names)
+                    for v in range(VIEWS)), ())
 
     def _build(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -120,12 +143,13 @@ class DaliLoader:
         # the callbacks hold the loader weakly: a pipeline <-> loader cycle would leave the pipeline to the cyclic
         # GC, which may then run DALI's shutdown inside a forked DataLoader worker and hang it
         ref = weakref.ref(self)
-        pipe = _pipeline(lambda: ref()._feed_images(), lambda: ref()._feed_params(), batch_size=self.sampler.batch_size,
-                         crop=self.config.crop_size, device=self.device,
-                         resident=self.resident is not None, num_threads=self.num_threads, device_id=self.device_id)
+        pipe = _pipeline(lambda: ref()._feed_images(), lambda: ref()._feed_params(),
+                         batch_size=self.sampler.batch_size, config=self.config, device=self.device,
+                         resident=self.resident is not None, num_threads=self.num_threads, device_id=self.device_id,
+                         float_end=self.float_end)
         pipe.build()
-        return DALIGenericIterator([pipe], ["view1", "view2"], auto_reset=False, prepare_first_batch=False,
-                                   last_batch_policy=LastBatchPolicy.PARTIAL)
+        return DALIGenericIterator([pipe], [f"view{v}" for v in range(VIEWS)], auto_reset=False,
+                                   prepare_first_batch=False, last_batch_policy=LastBatchPolicy.PARTIAL)
 
     def __iter__(self):
         self._batches = self.sampler.batches(self.epoch)[self.start_batch:]
@@ -139,12 +163,14 @@ class DaliLoader:
         self._finished_epoch = False
         j = self.start_batch
         for out in self._iterator:
-            v1, v2 = out[0]["view1"], out[0]["view2"]
-            b = v1.shape[0]
-            views = torch.cat([v1, v2]).to(self.out_device, non_blocking=True)
-            views = views.reshape(2 * b, 1, views.shape[1], views.shape[2])  # HWC with C=1 is already NCHW
-            x = finish(views, self._params.pop(j), self.config, self._key(j, 1))
+            # (B, H, W, 1) -> (B, 1, H, W): with C = 1, HWC is already NCHW
+            views = [out[0][f"view{v}"].to(self.out_device, non_blocking=True) for v in range(VIEWS)]
+            views = [x.reshape(x.shape[0], 1, x.shape[1], x.shape[2]) for x in views]
+            if self.float_end == "torch":
+                b = views[0].shape[0]
+                x = finish(torch.cat(views), self._params.pop(j), self.config, self._key(j, 1))
+                views = [x[v * b:(v + 1) * b] for v in range(VIEWS)]
             j += 1
-            yield x[:b], x[b:]
+            yield tuple(views)
         self._finished_epoch = True
         self.start_batch = 0
