@@ -31,12 +31,11 @@ import torch
 
 from pipelines import dali_graph
 from pipelines.config import AugmentConfig
-from pipelines.params import draw
+from pipelines.params import draw_groups
 from pipelines.photometric import finish
 from pipelines.sampler import EpochSampler, key
 
 FLOAT_ENDS = ("graph", "torch")
-VIEWS = 2
 
 
 def _pipeline(feed_images, feed_params, *, batch_size, config, device, resident, num_threads, device_id,
@@ -50,22 +49,24 @@ def _pipeline(feed_images, feed_params, *, batch_size, config, device, resident,
     def views():
         images = fn.external_source(source=feed_images, batch=True, layout="HWC", dtype=types.UINT8, ndim=3,
                                     device="gpu" if resident else "cpu")
-        params = fn.external_source(source=feed_params, batch=True, num_outputs=VIEWS * n_args,
-                                    dtype=dali_graph.arg_types(names) * VIEWS)
+        params = fn.external_source(source=feed_params, batch=True, num_outputs=config.n_views * n_args,
+                                    dtype=dali_graph.arg_types(names) * config.n_views)
         if device == "gpu" and not resident:
             images = images.gpu()
+        sizes = [g.size for g in config.groups for _ in range(g.count)]
         out = []
-        for v in range(VIEWS):
+        for v, size in enumerate(sizes):
             args = params[v * n_args:(v + 1) * n_args]
-            out.append(dali_graph.view(images, args, config.crop_size, config) if float_end == "graph" else
-                       dali_graph.uint8_view(images, args, config.crop_size))
+            out.append(dali_graph.view(images, args, size, config) if float_end == "graph" else
+                       dali_graph.uint8_view(images, args, size))
         return tuple(out)
 
     return views()
 
 
 class DaliLoader:
-    """Iterates (view1, view2), float32 (B, 1, crop, crop) normalized, on `out_device`."""
+    """Iterates tuples of views, float32 (B, 1, size, size) normalized, on `out_device`: the config's view groups in
+    order, large views first ((view1, view2) by default)."""
 
     def __init__(self, store, sampler: EpochSampler, config: AugmentConfig, *, device: str = "gpu",
                  num_threads: int | None = None, out_device: torch.device | None = None, resident: bool = False,
@@ -130,12 +131,16 @@ class DaliLoader:
         j = self.start_batch + self._par_pos
         self._par_pos += 1
         b = len(self._batches[j - self.start_batch])
-        p = draw(self.config, self._key(j), VIEWS * b, self.store.size, self.store.size)
+        draws = draw_groups(self.config, lambda *extra: self._key(j, *extra), b, self.store.size, self.store.size)
         names = dali_graph.ARGS
         if self.float_end == "torch":
-            self._params[j], names = p, dali_graph.UINT8_ARGS
-        return sum((dali_graph.view_arguments(p, slice(v * b, (v + 1) * b), self.config, self._key(j, 1, v), names)
-                    for v in range(VIEWS)), ())
+            self._params[j], names = draws, dali_graph.UINT8_ARGS
+        out, v = (), 0
+        for p, group in zip(draws, self.config.groups):
+            for k in range(group.count):
+                out += dali_graph.view_arguments(p, slice(k * b, (k + 1) * b), self.config, self._key(j, 1, v), names)
+                v += 1
+        return out
 
     def _build(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -148,8 +153,17 @@ class DaliLoader:
                          resident=self.resident is not None, num_threads=self.num_threads, device_id=self.device_id,
                          float_end=self.float_end)
         pipe.build()
-        return DALIGenericIterator([pipe], [f"view{v}" for v in range(VIEWS)], auto_reset=False,
+        return DALIGenericIterator([pipe], [f"view{v}" for v in range(self.config.n_views)], auto_reset=False,
                                    prepare_first_batch=False, last_batch_policy=LastBatchPolicy.PARTIAL)
+
+    def _torch_float_end(self, views, draws, j):
+        """uint8 views of every group -> finished float views (`pipelines.photometric`), group by group."""
+        out, first, b = [], 0, views[0].shape[0]
+        for g, (p, group) in enumerate(zip(draws, self.config.groups)):
+            x = finish(torch.cat(views[first:first + group.count]), p, self.config, self._key(j, 1, *([g] if g else [])))
+            out += [x[k * b:(k + 1) * b] for k in range(group.count)]
+            first += group.count
+        return out
 
     def __iter__(self):
         self._batches = self.sampler.batches(self.epoch)[self.start_batch:]
@@ -164,12 +178,10 @@ class DaliLoader:
         j = self.start_batch
         for out in self._iterator:
             # (B, H, W, 1) -> (B, 1, H, W): with C = 1, HWC is already NCHW
-            views = [out[0][f"view{v}"].to(self.out_device, non_blocking=True) for v in range(VIEWS)]
+            views = [out[0][f"view{v}"].to(self.out_device, non_blocking=True) for v in range(self.config.n_views)]
             views = [x.reshape(x.shape[0], 1, x.shape[1], x.shape[2]) for x in views]
             if self.float_end == "torch":
-                b = views[0].shape[0]
-                x = finish(torch.cat(views), self._params.pop(j), self.config, self._key(j, 1))
-                views = [x[v * b:(v + 1) * b] for v in range(VIEWS)]
+                views = self._torch_float_end(views, self._params.pop(j), j)
             j += 1
             yield tuple(views)
         self._finished_epoch = True

@@ -91,6 +91,14 @@ def draw(config: AugmentConfig, seed: int, n: int, height: int, width: int) -> V
                       window=blur_window(sigma, c.blur_kernel), noise=noise, brightness_first=brightness_first)
 
 
+def draw_groups(config: AugmentConfig, key_of, b: int, height: int, width: int) -> list[ViewParams]:
+    """Parameters of every view group of a batch of b images: group g's count * b views (view k of image i at
+    k * b + i). `key_of(*extra)` is the batch's key with `extra` appended: group 0 (the large views) draws from
+    key_of() as before groups existed, group g > 0 from key_of(2, g), with its own size and scale."""
+    return [draw(config.for_group(g), key_of(2, g) if g else key_of(), group.count * b, height, width)
+            for g, group in enumerate(config.groups)]
+
+
 def blur_window(sigma: np.ndarray, kernel: int) -> np.ndarray:
     """The blur window per view: the configured kernel (the seed's 23 taps), or fewer where the Gaussian is already
     zero to 6e-5 of its mass (beyond 4 sigma). Same result, up to rounding, for a fraction of the work:
