@@ -8,8 +8,9 @@ normalize), and the views come out float32, normalized, on DALI's device. The no
 run redraws it exactly (how, and why not pipeline checkpointing: `pipelines.dali_graph`).
 
 `float_end="torch"` keeps the earlier split: DALI crops, resizes, flips and blurs in uint8 and the float end runs on
-the training device (`pipelines.photometric`). It is there for the side-by-side benchmark
-(`python -m benchmarks.loader_throughput`), which measures it faster per core on DALI's CPU backend (docs/BENCHMARKS.md).
+the training device (`pipelines.photometric`, ColorJitter with one clamp). It is kept because it is measured faster
+on DALI's CPU backend: 1.8x the images per core of the graph (`python -m benchmarks.loader_throughput
+--torch-float-end`, docs/BENCHMARKS.md); on a GPU the graph is the default and the float end is only an option.
 
 Feeding: a batch-mode callback that gathers the whole batch in one fancy-index read of the memmap, measured against
 parallel external source (a per-sample callback in worker processes, handed over through shared memory) by
@@ -160,7 +161,8 @@ class DaliLoader:
         """uint8 views of every group -> finished float views (`pipelines.photometric`), group by group."""
         out, first, b = [], 0, views[0].shape[0]
         for g, (p, group) in enumerate(zip(draws, self.config.groups)):
-            x = finish(torch.cat(views[first:first + group.count]), p, self.config, self._key(j, 1, *([g] if g else [])))
+            seed = self._key(j, 1, g) if g else self._key(j, 1)
+            x = finish(torch.cat(views[first:first + group.count]), p, self.config, seed)
             out += [x[k * b:(k + 1) * b] for k in range(group.count)]
             first += group.count
         return out
