@@ -4,7 +4,7 @@
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for view1, view2 in loader:   # float32 (B, 1, crop, crop), normalized, on the training device
-            ...
+            ...                        # with config.small_views: view1, view2, *small (each (B, 1, size, size))
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def build_loader(store: str | Path | Store, kind: str, batch_size: int, *, confi
                  seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True,
                  num_workers: int | None = None, device: str | torch.device | None = None,
                  resident: bool = False, select: Subset | None = None, float_end: str = "graph"):
-    """A loader of `kind` over `store`, yielding (view1, view2) on `device`.
+    """A loader of `kind` over `store`, yielding (view1, view2) on `device` (and the small views after them when
+    `config.small_views` asks for some).
 
     kind: dali-gpu | dali-cpu | torchvision | opencv. config: defaults to AugmentConfig with the store's measured
     mean/std. num_workers: DataLoader workers (CPU loaders) or DALI CPU threads; default all cores.
@@ -59,6 +60,8 @@ def build_loader(store: str | Path | Store, kind: str, batch_size: int, *, confi
     if kind == "dali-gpu" and not torch.cuda.is_available():
         raise ValueError("the dali-gpu loader needs a CUDA GPU and none is visible here: "
                          "use dali-cpu (DALI's CPU backend), opencv or torchvision")
+    if float_end != "graph" and not kind.startswith("dali"):
+        raise ValueError(f"float_end={float_end!r} is a choice of the DALI loaders only (dali-gpu, dali-cpu)")
     if resident and kind != "dali-gpu":
         raise ValueError("resident=True (a GPU-resident store) works only with the dali-gpu loader")
     store = store if isinstance(store, Store) else open_store(store)

@@ -132,3 +132,5 @@ def test_dali_path_runs_no_torch_float_end(phantom_store):  # noqa: F811
 def test_unknown_float_end_is_refused(phantom_store):  # noqa: F811
     with pytest.raises(ValueError, match="graph, torch"):
         loader(phantom_store, "dali-cpu", 4, config_for(phantom_store, 48), float_end="numpy")
+    with pytest.raises(ValueError, match="DALI loaders only"):
+        loader(phantom_store, "opencv", 4, config_for(phantom_store, 48), float_end="torch")

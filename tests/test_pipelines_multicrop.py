@@ -113,3 +113,16 @@ def test_dali_gpu_yields_the_configured_groups(phantom_store):  # noqa: F811
     views = next(iter(build_loader(phantom_store, "dali-gpu", 4, config=config, seed=2)))
     assert [tuple(v.shape) for v in views] == [(4, 1, LARGE, LARGE)] * 2 + [(4, 1, SMALL, SMALL)] * 4
     assert all(v.device.type == "cuda" and torch.isfinite(v).all() for v in views)
+
+
+def test_view_groups_from_the_command_line_and_their_errors():
+    from training.build import parse_overrides
+    got = parse_overrides(["small_views=6x96:0.05,0.14+2x64:0.1,0.3", "scale=0.14,1"])
+    config = AugmentConfig(**got)
+    assert config.groups == (ViewGroup(2, 224, (0.14, 1.0)), ViewGroup(6, 96, (0.05, 0.14)),
+                             ViewGroup(2, 64, (0.1, 0.3)))
+    assert config.n_views == 10 and AugmentConfig().groups == (ViewGroup(2, 224, (0.08, 1.0)),)
+    with pytest.raises(ValueError, match="COUNTxSIZE:LO,HI"):
+        parse_overrides(["small_views=6x96"])
+    with pytest.raises(ValueError, match="size <= crop_size"):
+        AugmentConfig(crop_size=64, small_views=(ViewGroup(2, 96, (0.05, 0.14)),))
