@@ -134,3 +134,13 @@ def test_unknown_float_end_is_refused(phantom_store):  # noqa: F811
         loader(phantom_store, "dali-cpu", 4, config_for(phantom_store, 48), float_end="numpy")
     with pytest.raises(ValueError, match="DALI loaders only"):
         loader(phantom_store, "opencv", 4, config_for(phantom_store, 48), float_end="torch")
+
+
+def test_views_do_not_depend_on_the_thread_count(phantom_store):  # noqa: F811
+    """A run resumed on another machine (other cores, so other DALI threads) redraws the same views, noise included:
+    DALI derives each sample's stream from the batch's state, not from the thread that runs it."""
+    from pipelines import build_loader
+    config = config_for(phantom_store, 48)
+    one, three = (first_batch(build_loader(phantom_store, "dali-cpu", 8, config=config, seed=3, num_workers=n,
+                                           device="cpu")) for n in (1, 3))
+    assert torch.equal(one, three)
