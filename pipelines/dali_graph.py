@@ -28,7 +28,11 @@ batch: DALI derives the other samples' streams from it). Why not pipeline checkp
 `pipe.checkpoint()`): it captures the generators' state after a run, so a resume would need that blob saved with
 every training checkpoint and could not start at an arbitrary (epoch, batch); the loader contract resumes from
 `set_epoch(epoch, start_batch)` alone, for every loader, which keyed state gives and a checkpoint does not.
-`check_random_state()` refuses, with a clear message, a DALI whose noise operator lacks that input.
+The input is internal in pipeline mode (its schema says "internal argument for passing random state in Dynamic
+Mode"; the documented, public form is dynamic mode's `rng=`), so `check_random_state()` refuses, with a clear
+message, a DALI whose noise operator lacks it, and the determinism and resume tests pin the behaviour (also across
+DALI thread counts: the streams are derived per sample, not per thread). Running the chain in dynamic mode instead
+would use the public `rng=` but give up the pipeline's prefetching and graph execution.
 """
 from __future__ import annotations
 
