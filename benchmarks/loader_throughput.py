@@ -7,7 +7,9 @@ without a GPU, never a made-up zero), private memory of the loader's worker proc
 and the ratio to the torchvision baseline. `--mode train` runs the real training step (training/step.py) on each
 batch and adds the fraction of time spent waiting for data and the ratio to the synthetic-input ceiling: the same
 step fed one fixed, already augmented batch on the device. A loader that cannot run here is reported as skipped
-with the reason. Output: DIR/loader_throughput.json, DIR/loader_throughput.png, and a Markdown table.
+with the reason. `--torch-float-end` adds the DALI loaders with the float end after DALI (`float_end="torch"`:
+jitter, noise and normalize in torch/OpenCV) beside the whole chain in the DALI graph. Output:
+DIR/loader_throughput.json, DIR/loader_throughput.png, and a Markdown table.
 
   python -m benchmarks.loader_throughput --loaders torchvision,opencv,dali-cpu --mode both --out benchmarks/results/cpu
 """
@@ -52,6 +54,9 @@ def parse_args(argv=None):
     a("--method", default="simclr", help="SSL method for --mode train (default: simclr)")
     a("--crop-size", type=int, default=224, help="view size (default: 224)")
     a("--resident", action="store_true", help="also run dali-gpu with the GPU-resident store")
+    a("--torch-float-end", action="store_true", help="also run the DALI loaders with float_end='torch' (DALI "
+                                                     "crops and blurs, jitter/noise/normalize run after it), beside "
+                                                     "the whole chain in the DALI graph")
     a("--sweep-workers", action="store_true", help="also images/s against CPU workers 1..all for the CPU loaders")
     a("--out", type=Path, default=Path("benchmarks/results/latest"), help="output folder (default: "
                                                                           "benchmarks/results/latest)")
@@ -127,14 +132,14 @@ def timed(batches, args, device, step_fn, gpu) -> dict:
             "workers_private_growth_mib": mem1 - mem0, "data_wait_frac": wait / wall}
 
 
-def run_one(store, kind, mode, args, device, gpu, step_fn=None, resident=False) -> dict:
+def run_one(store, kind, mode, args, device, gpu, step_fn=None, resident=False, float_end="graph") -> dict:
     from pipelines import AugmentConfig, build_loader
-    name = kind + (" (resident)" if resident else "")
+    name = kind + (" (resident)" if resident else "") + (" (torch float end)" if float_end == "torch" else "")
     t0 = time.perf_counter()
     try:
         loader = build_loader(store, kind, args.batch_size, config=AugmentConfig.for_store(store,
                               crop_size=args.crop_size), num_workers=args.workers, device=device, resident=resident,
-                              select=args.select)
+                              select=args.select, float_end=float_end)
         batches = endless(loader)
         first = next(batches)
     except ValueError as e:
@@ -202,17 +207,19 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = GpuMonitor(device).start() if device.type == "cuda" else None  # torch's GPU, by UUID
     modes = MODES if args.mode == "both" else (args.mode,)
-    runs = [(k, False) for k in args.loaders]
+    runs = [(k, False, "graph") for k in args.loaders]
     if args.resident and "dali-gpu" in args.loaders:
-        runs.append(("dali-gpu", True))
+        runs.append(("dali-gpu", True, "graph"))
+    if args.torch_float_end:
+        runs += [(k, False, "torch") for k in args.loaders if k.startswith("dali")]
     results = []
     for mode in modes:
         step_fn = make_step(args, device) if mode == "train" else None
         if mode == "train":
             results.append(ceiling(store, args, device, step_fn, gpu))
             print(report.line(results[-1]), file=sys.stderr)
-        for kind, resident in runs:
-            results.append(run_one(store, kind, mode, args, device, gpu, step_fn, resident))
+        for kind, resident, float_end in runs:
+            results.append(run_one(store, kind, mode, args, device, gpu, step_fn, resident, float_end))
             print(report.line(results[-1]), file=sys.stderr)
     swept = sweep(store, args, device) if args.sweep_workers else []
     if gpu:

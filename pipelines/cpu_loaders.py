@@ -31,7 +31,7 @@ from torchvision import transforms as T
 from pipelines import opencv_views
 from pipelines.buffers import BufferPool
 from pipelines.config import AugmentConfig
-from pipelines.params import draw
+from pipelines.params import draw_groups
 from pipelines.photometric import finish
 from pipelines.sampler import EpochSampler, key
 
@@ -63,8 +63,9 @@ def seed_transform(config: AugmentConfig):
 
 
 class _Views(Dataset):
-    """A work item is (epoch, batch index, store slots, output buffer or None): it returns the batch's 2B views
-    (view 1 of every image, then view 2), or (buffer, rows) when they were written into a pool buffer."""
+    """A work item is (epoch, batch index, store slots, output buffer or None): it returns the batch's views, one
+    (count * B, 1, size, size) tensor per view group (view 1 of every image, then view 2, ...), or (buffer, rows)
+    when they were written into a pool buffer (the default config: one group, so one tensor)."""
 
     def __init__(self, images, config: AugmentConfig, sampler: EpochSampler, float_out: bool):
         self.images, self.config, self.float_out, self.pool = images, config, float_out, None
@@ -77,15 +78,16 @@ class _Views(Dataset):
         epoch, j, slots, buf = item
         if buf is not None:
             out = self.pool.tensors[buf][:2 * len(slots)]
-            self.make(epoch, j, slots, out)
+            self.make(epoch, j, slots, [out])
             return buf, len(out)  # the main process reads the buffer it shares with this worker
-        out = None
+        outs = [None] * len(self.config.groups)
         if self.float_out:  # no pool buffer: shared memory in a worker, so nothing is copied on hand-over
-            c = self.config.crop_size
-            out = torch.empty((2 * len(slots), 1, c, c), dtype=torch.float32)
+            outs = [torch.empty((g.count * len(slots), 1, g.size, g.size), dtype=torch.float32)
+                    for g in self.config.groups]
             if torch.utils.data.get_worker_info() is not None:
-                out.share_memory_()
-        return self.make(epoch, j, slots, out)
+                outs = [o.share_memory_() for o in outs]
+        got = self.make(epoch, j, slots, outs)
+        return got[0] if len(got) == 1 else tuple(got)
 
     def key(self, epoch: int, j: int, *extra: int) -> int:
         return key(self.seed, self.rank, epoch, j, *extra)
@@ -94,24 +96,29 @@ class _Views(Dataset):
 class _SeedViews(_Views):
     def __init__(self, images, config: AugmentConfig, sampler: EpochSampler):
         super().__init__(images, config, sampler, True)
-        self.transform = seed_transform(config)
+        self.transforms = [seed_transform(config.for_group(g)) for g in range(len(config.groups))]
 
-    def make(self, epoch, j, slots, out):
+    def make(self, epoch, j, slots, outs):
         b = len(slots)
         for i, slot in enumerate(slots):
             img = Image.fromarray(np.asarray(self.images[slot]))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(key(self.seed, epoch, int(slot)))
-                out[i], out[b + i] = self.transform(img), self.transform(img)
-        return out
+                for transform, group, out in zip(self.transforms, self.config.groups, outs):
+                    for k in range(group.count):  # views drawn in order: the large pair first, as the seed's
+                        out[k * b + i] = transform(img)
+        return outs
 
 
 class _FastViews(_Views):
-    def make(self, epoch, j, slots, out):
-        p = draw(self.config, self.key(epoch, j), 2 * len(slots), self.images.shape[1], self.images.shape[2])
+    def make(self, epoch, j, slots, outs):
+        draws = draw_groups(self.config, lambda *extra: self.key(epoch, j, *extra), len(slots),
+                            self.images.shape[1], self.images.shape[2])
+        src = self.images[slots]  # one gather of the whole batch, for every group
         # for a CPU training device the float end runs here, in parallel workers; for a GPU, on the GPU
-        noise_seed = self.key(epoch, j, 1) if self.float_out else None
-        return opencv_views.batch(self.images, slots, p, self.config, noise_seed, out=out)
+        return [opencv_views.batch(src, None, p, self.config.for_group(g),
+                                   self.key(epoch, j, 1, *([g] if g else [])) if self.float_out else None, out=out)
+                for g, (p, out) in enumerate(zip(draws, outs))]
 
 
 def _init_worker(_):
@@ -158,8 +165,8 @@ class _CpuLoader:
         self.loader = DataLoader(views, batch_size=None, sampler=self._Items(self), **opts)
         # reused float outputs for a CPU device: in flight (2 per worker), the caller's batch, and slack
         c = views.config.crop_size
-        self.pool = views.pool = BufferPool.create(2 * workers + 3, (2 * sampler.batch_size, 1, c, c),
-                                                   torch.float32) if views.float_out and workers > 0 else None
+        self.pool = views.pool = BufferPool.create(2 * workers + 3, (2 * sampler.batch_size, 1, c, c), torch.float32) \
+            if views.float_out and workers > 0 and not views.config.small_views else None  # one view group only
 
     class _Items:
         # holds the loader weakly: a loader <-> DataLoader cycle would leave the DataLoader iterator to the cyclic GC,
@@ -193,7 +200,8 @@ class _CpuLoader:
         self.epoch, self.start_batch = epoch, start_batch
 
     def _batches(self):
-        """(batch index, (2B, 1, c, c) views) for this epoch; the first call forks the persistent workers."""
+        """(batch index, [one (count * B, 1, size, size) tensor per view group]) for this epoch; the first call
+        forks the persistent workers."""
         if self.pool is not None:
             self.pool.reset()  # before iter(): it first drains what an abandoned epoch left in flight
         if self.loader.num_workers == 0:
@@ -202,10 +210,16 @@ class _CpuLoader:
             with _opencv_fork_safe():
                 it = iter(self.loader)
         for j, x in enumerate(it, start=self.start_batch):
-            if isinstance(x, (tuple, list)):  # (buffer, rows), as the DataLoader hands it on
+            if isinstance(x, (tuple, list)) and isinstance(x[0], int):  # (buffer, rows), as the DataLoader hands it
                 x = self.pool.received(*x)
-            yield j, x.to(self.out_device, non_blocking=True)
+            groups = [x] if isinstance(x, torch.Tensor) else list(x)
+            yield j, [g.to(self.out_device, non_blocking=True) for g in groups]
         self.start_batch = 0
+
+    def _split(self, groups) -> tuple:
+        """One tensor per group -> the tuple of views, group by group."""
+        b = groups[0].shape[0] // 2
+        return tuple(x[k * b:(k + 1) * b] for x, g in zip(groups, self.config.groups) for k in range(g.count))
 
     def close(self) -> None:
         """Stop the worker processes now (they are persistent across epochs)."""
@@ -220,9 +234,8 @@ class SeedLoader(_CpuLoader):
         super().__init__(_SeedViews(store.images, config, sampler), sampler, num_workers, out_device)
 
     def __iter__(self):
-        for _, x in self._batches():
-            b = x.shape[0] // 2
-            yield x[:b], x[b:]
+        for _, groups in self._batches():
+            yield self._split(groups)
 
 
 class FastCpuLoader(_CpuLoader):
@@ -236,9 +249,11 @@ class FastCpuLoader(_CpuLoader):
         self.size = store.size
 
     def __iter__(self):
-        for j, x in self._batches():
-            b = x.shape[0] // 2
-            if x.dtype == torch.uint8:  # a GPU device: the float end runs there
-                p = draw(self.config, self.views.key(self.epoch, j), 2 * b, self.size, self.size)
-                x = finish(x, p, self.config, self.views.key(self.epoch, j, 1))
-            yield x[:b], x[b:]
+        for j, groups in self._batches():
+            if groups[0].dtype == torch.uint8:  # a GPU device: the float end runs there
+                b = groups[0].shape[0] // 2
+                draws = draw_groups(self.config, lambda *extra: self.views.key(self.epoch, j, *extra), b, self.size,
+                                    self.size)
+                groups = [finish(x, p, self.config, self.views.key(self.epoch, j, 1, *([g] if g else [])))
+                          for g, (x, p) in enumerate(zip(groups, draws))]
+            yield self._split(groups)

@@ -1,9 +1,16 @@
-"""The DALI loader: external_source over the store, two views per image on the GPU (or DALI's CPU backend).
+"""The DALI loader: external_source over the store, the views of every image made by one DALI graph, on the GPU
+(or DALI's CPU backend).
 
 Per batch, the host only gathers the batch's slots from the memmap (page cache -> one (B, S, S, 1) array) and draws
-the per-view parameters (`pipelines.params`). DALI then crops, resizes and flips each view in one `fn.resize` (its
-ROI is the crop; an ROI reversed in x is the flip) and blurs it, in uint8. The float end (jitter, noise,
-normalize) runs on the training device (`pipelines.photometric`: batched torch on a GPU, OpenCV per view on a CPU).
+the per-view parameters (`pipelines.params`), handed to DALI as per-sample argument inputs. The whole augmentation
+chain then runs as DALI operators (`pipelines.dali_graph`: crop + resize + flip, ColorJitter, blur, noise,
+normalize), and the views come out float32, normalized, on DALI's device. The noise is keyed per batch, so a resumed
+run redraws it exactly (how, and why not pipeline checkpointing: `pipelines.dali_graph`).
+
+`float_end="torch"` keeps the earlier split: DALI crops, resizes, flips and blurs in uint8 and the float end runs on
+the training device (`pipelines.photometric`, ColorJitter with one clamp). It is kept because it is measured faster
+on DALI's CPU backend: 1.8x the images per core of the graph (`python -m benchmarks.loader_throughput
+--torch-float-end`, docs/BENCHMARKS.md); on a GPU the graph is the default and the float end is only an option.
 
 Feeding: a batch-mode callback that gathers the whole batch in one fancy-index read of the memmap, measured against
 parallel external source (a per-sample callback in worker processes, handed over through shared memory) by
@@ -23,41 +30,55 @@ import weakref
 import numpy as np
 import torch
 
+from pipelines import dali_graph
 from pipelines.config import AugmentConfig
-from pipelines.params import draw
+from pipelines.params import draw_groups
 from pipelines.photometric import finish
 from pipelines.sampler import EpochSampler, key
 
+FLOAT_ENDS = ("graph", "torch")
 
-def _pipeline(feed_images, feed_params, *, batch_size, crop, device, resident, num_threads, device_id,
-              stream=None):
+def _pipeline(feed_images, feed_params, *, batch_size, config, device, resident, num_threads, device_id,
+              float_end, stream=None):
     from nvidia.dali import fn, pipeline_def, types
 
+    names = dali_graph.ARGS if float_end == "graph" else dali_graph.UINT8_ARGS
+    n_args = len(names)
+
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=2)
-    def two_views():
+    def views():
         # stream: where a resident batch is gathered (DaliLoader._feed_images); DALI copies it in on that stream
         images = fn.external_source(source=feed_images, batch=True, layout="HWC", dtype=types.UINT8, ndim=3,
                                     device="gpu" if resident else "cpu", cuda_stream=stream)
-        params = fn.external_source(source=feed_params, batch=True, num_outputs=8,
-                                    dtype=[types.FLOAT, types.FLOAT, types.FLOAT, types.INT32] * 2)
+        params = fn.external_source(source=feed_params, batch=True, num_outputs=config.n_views * n_args,
+                                    dtype=dali_graph.arg_types(names) * config.n_views)
         if device == "gpu" and not resident:
             images = images.gpu()
-        views = []
-        for roi_start, roi_end, sigma, window in (params[0:4], params[4:8]):
-            v = fn.resize(images, size=(crop, crop), roi_start=roi_start, roi_end=roi_end, antialias=True)
-            views.append(fn.gaussian_blur(v, window_size=window, sigma=sigma))
-        return tuple(views)
+        sizes = [g.size for g in config.groups for _ in range(g.count)]
+        out = []
+        for v, size in enumerate(sizes):
+            args = params[v * n_args:(v + 1) * n_args]
+            out.append(dali_graph.view(images, args, size, config) if float_end == "graph" else
+                       dali_graph.uint8_view(images, args, size))
+        return tuple(out)
 
-    return two_views()
+    return views()
 
 
 class DaliLoader:
-    """Iterates (view1, view2), float32 (B, 1, crop, crop) normalized, on `out_device`."""
+    """Iterates tuples of views, float32 (B, 1, size, size) normalized, on `out_device`: the config's view groups in
+    order, large views first ((view1, view2) by default)."""
 
     def __init__(self, store, sampler: EpochSampler, config: AugmentConfig, *, device: str = "gpu",
-                 num_threads: int | None = None, out_device: torch.device | None = None, resident: bool = False):
+                 num_threads: int | None = None, out_device: torch.device | None = None, resident: bool = False,
+                 float_end: str = "graph"):
         if resident and device != "gpu":
             raise ValueError("a GPU-resident store needs the dali-gpu loader")
+        if float_end not in FLOAT_ENDS:
+            raise ValueError(f"float_end={float_end!r}: choose one of {', '.join(FLOAT_ENDS)}")
+        if float_end == "graph":
+            dali_graph.check_random_state()
+        self.float_end = float_end
         self.store, self.sampler, self.config = store, sampler, config
         self.device = device
         self.device_id = None if device == "cpu" else (torch.cuda.current_device() if out_device is None
@@ -116,10 +137,16 @@ class DaliLoader:
         j = self.start_batch + self._par_pos
         self._par_pos += 1
         b = len(self._batches[j - self.start_batch])
-        p = draw(self.config, self._key(j), 2 * b, self.store.size, self.store.size)
-        self._params[j] = p
-        start, end = p.roi()
-        return (start[:b], end[:b], p.sigma[:b], p.window[:b], start[b:], end[b:], p.sigma[b:], p.window[b:])
+        draws = draw_groups(self.config, lambda *extra: self._key(j, *extra), b, self.store.size, self.store.size)
+        names = dali_graph.ARGS
+        if self.float_end == "torch":
+            self._params[j], names = draws, dali_graph.UINT8_ARGS
+        out, v = (), 0
+        for p, group in zip(draws, self.config.groups):
+            for k in range(group.count):
+                out += dali_graph.view_arguments(p, slice(k * b, (k + 1) * b), self.config, self._key(j, 1, v), names)
+                v += 1
+        return out
 
     def _build(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -127,13 +154,23 @@ class DaliLoader:
         # the callbacks hold the loader weakly: a pipeline <-> loader cycle would leave the pipeline to the cyclic
         # GC, which may then run DALI's shutdown inside a forked DataLoader worker and hang it
         ref = weakref.ref(self)
-        pipe = _pipeline(lambda: ref()._feed_images(), lambda: ref()._feed_params(), batch_size=self.sampler.batch_size,
-                         crop=self.config.crop_size, device=self.device,
+        pipe = _pipeline(lambda: ref()._feed_images(), lambda: ref()._feed_params(),
+                         batch_size=self.sampler.batch_size, config=self.config, device=self.device,
                          resident=self.resident is not None, num_threads=self.num_threads, device_id=self.device_id,
-                         stream=self._stream if self.resident is not None else None)
+                         float_end=self.float_end, stream=self._stream if self.resident is not None else None)
         pipe.build()
-        return DALIGenericIterator([pipe], ["view1", "view2"], auto_reset=False, prepare_first_batch=False,
-                                   last_batch_policy=LastBatchPolicy.PARTIAL)
+        return DALIGenericIterator([pipe], [f"view{v}" for v in range(self.config.n_views)], auto_reset=False,
+                                   prepare_first_batch=False, last_batch_policy=LastBatchPolicy.PARTIAL)
+
+    def _torch_float_end(self, views, draws, j):
+        """uint8 views of every group -> finished float views (`pipelines.photometric`), group by group."""
+        out, first, b = [], 0, views[0].shape[0]
+        for g, (p, group) in enumerate(zip(draws, self.config.groups)):
+            seed = self._key(j, 1, g) if g else self._key(j, 1)
+            x = finish(torch.cat(views[first:first + group.count]), p, self.config, seed)
+            out += [x[k * b:(k + 1) * b] for k in range(group.count)]
+            first += group.count
+        return out
 
     def __iter__(self):
         self._batches = self.sampler.batches(self.epoch)[self.start_batch:]
@@ -147,12 +184,12 @@ class DaliLoader:
         self._finished_epoch = False
         j = self.start_batch
         for out in self._iterator:
-            v1, v2 = out[0]["view1"], out[0]["view2"]
-            b = v1.shape[0]
-            views = torch.cat([v1, v2]).to(self.out_device, non_blocking=True)
-            views = views.reshape(2 * b, 1, views.shape[1], views.shape[2])  # HWC with C=1 is already NCHW
-            x = finish(views, self._params.pop(j), self.config, self._key(j, 1))
+            # (B, H, W, 1) -> (B, 1, H, W): with C = 1, HWC is already NCHW
+            views = [out[0][f"view{v}"].to(self.out_device, non_blocking=True) for v in range(self.config.n_views)]
+            views = [x.reshape(x.shape[0], 1, x.shape[1], x.shape[2]) for x in views]
+            if self.float_end == "torch":
+                views = self._torch_float_end(views, self._params.pop(j), j)
             j += 1
-            yield x[:b], x[b:]
+            yield tuple(views)
         self._finished_epoch = True
         self.start_batch = 0

@@ -4,7 +4,7 @@
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for view1, view2 in loader:   # float32 (B, 1, crop, crop), normalized, on the training device
-            ...
+            ...                        # with config.small_views: view1, view2, *small (each (B, 1, size, size))
 """
 from __future__ import annotations
 
@@ -41,23 +41,27 @@ def best_kind() -> str:
 def build_loader(store: str | Path | Store, kind: str, batch_size: int, *, config: AugmentConfig | None = None,
                  seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True,
                  num_workers: int | None = None, device: str | torch.device | None = None,
-                 resident: bool = False, select: Subset | None = None):
-    """A loader of `kind` over `store`, yielding (view1, view2) on `device`.
+                 resident: bool = False, select: Subset | None = None, float_end: str = "graph"):
+    """A loader of `kind` over `store`, yielding (view1, view2) on `device` (and the small views after them when
+    `config.small_views` asks for some).
 
     kind: dali-gpu | dali-cpu | torchvision | opencv. config: defaults to AugmentConfig with the store's measured
     mean/std. num_workers: DataLoader workers (CPU loaders) or DALI CPU threads; default all cores.
     device: the training device (default: cuda if available, else cpu). resident (dali-gpu only): copy the whole
     store to GPU memory once and gather batches there. select: a `pipelines.subset.Subset` (views, datasets,
-    split): the sampler deals only the manifest's matching slots (default: every slot).
+    split): the sampler deals only the manifest's matching slots (default: every slot). float_end (DALI loaders):
+    "graph", the whole chain in DALI (default), or "torch", jitter/noise/normalize after DALI in torch/OpenCV.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown loader kind {kind!r}: choose one of {', '.join(KINDS)}")
     if kind.startswith("dali") and not dali_available():
         raise ValueError(f"the {kind} loader needs NVIDIA DALI: pip install '.[dali]' "
-                         "(nvidia-dali-cuda120>=2.3), or use --loader torchvision or opencv")
+                         "(nvidia-dali-cuda120>=2.4), or use --loader torchvision or opencv")
     if kind == "dali-gpu" and not torch.cuda.is_available():
         raise ValueError("the dali-gpu loader needs a CUDA GPU and none is visible here: "
                          "use dali-cpu (DALI's CPU backend), opencv or torchvision")
+    if float_end != "graph" and not kind.startswith("dali"):
+        raise ValueError(f"float_end={float_end!r} is a choice of the DALI loaders only (dali-gpu, dali-cpu)")
     if resident and kind != "dali-gpu":
         raise ValueError("resident=True (a GPU-resident store) works only with the dali-gpu loader")
     store = store if isinstance(store, Store) else open_store(store)
@@ -77,7 +81,7 @@ def build_loader(store: str | Path | Store, kind: str, batch_size: int, *, confi
     if kind.startswith("dali"):
         from pipelines.dali_loader import DaliLoader
         return DaliLoader(store, sampler, config, device=kind[5:], num_threads=num_workers, out_device=device,
-                          resident=resident)
+                          resident=resident, float_end=float_end)
     first_import = "pipelines.cpu_loaders" not in sys.modules
     from pipelines.cpu_loaders import FastCpuLoader, SeedLoader
     if first_import:

@@ -38,11 +38,11 @@ def _kernel(p: ViewParams, v: int) -> np.ndarray | None:
 
 
 def uint8_views(src: np.ndarray, p: ViewParams, c: int) -> np.ndarray:
-    """(B, S, S) uint8 sources, 2B views' params -> (2B, c, c) uint8 views: crop, resize, flip, blur."""
-    b = len(src)
-    out = np.empty((2 * b, c, c), dtype=np.uint8)
+    """(B, S, S) uint8 sources, kB views' params -> (kB, c, c) uint8 views: crop, resize, flip, blur."""
+    b, n = len(src), len(p.flip)
+    out = np.empty((n, c, c), dtype=np.uint8)
     tmp, view = np.empty((c, c), np.uint8), np.empty((c, c), np.uint8)
-    for v in range(2 * b):
+    for v in range(n):
         k = _kernel(p, v)
         _crop_resize_flip(src[v % b], p, v, c, tmp, view if k is not None else out[v])
         if k is not None:
@@ -51,21 +51,22 @@ def uint8_views(src: np.ndarray, p: ViewParams, c: int) -> np.ndarray:
 
 
 def float_views(src: np.ndarray, p: ViewParams, config: AugmentConfig, seed: int, out: np.ndarray) -> None:
-    """(B, S, S) uint8 sources -> normalized float32 views written into `out` (2B, c, c)."""
+    """(B, S, S) uint8 sources -> normalized float32 views written into `out` (kB, c, c), c = config.crop_size."""
     b, c = len(src), config.crop_size
     tmp, view = np.empty((c, c), np.uint8), np.empty((c, c), np.uint8)
     noise = np.empty((c, c), np.float32)
     cv2.setRNGSeed(seed % 2**31)
-    for v in range(2 * b):
+    for v in range(len(p.flip)):
         _crop_resize_flip(src[v % b], p, v, c, tmp, view)
         finish_view(view, p, v, config, out[v], noise, kernel=_kernel(p, v))
 
 
 def batch(images, slots: np.ndarray, p: ViewParams, config: AugmentConfig, noise_seed: int | None,
           out: torch.Tensor | None = None) -> torch.Tensor:
-    """One work item: gather the batch from the memmap, then (2B, 1, c, c) views: normalized float32 written into
-    `out` when `noise_seed` is given (finished here), else uint8 in a new tensor."""
-    src = images[slots]  # one gather of the whole batch
+    """One work item: gather the batch from the memmap, then (kB, 1, c, c) views: normalized float32 written into
+    `out` when `noise_seed` is given (finished here), else uint8 in a new tensor. `images` may be the gathered
+    (B, S, S) batch itself (then `slots` is None)."""
+    src = images if slots is None else images[slots]  # one gather of the whole batch
     if noise_seed is None:
         return torch.from_numpy(uint8_views(src, p, config.crop_size)).unsqueeze(1)
     float_views(src, p, config, noise_seed, out.numpy()[:, 0])

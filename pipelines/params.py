@@ -7,7 +7,8 @@ augmentations (DALI's own RNG state cannot be saved in a checkpoint).
 
 The distributions are torchvision's, as in the seed: RandomResizedCrop.get_params (uniform area fraction, log-uniform
 aspect ratio, 10 attempts, then a centre crop clamped to the ratio range), flip with p, ColorJitter factors uniform
-in [1-x, 1+x], GaussianBlur sigma uniform in the range.
+in [1-x, 1+x] and
+brightness before contrast with p = 1/2 (ColorJitter's random order), GaussianBlur sigma uniform in the range.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class ViewParams:
     sigma: np.ndarray       # (n,) float32 blur sigma (NO_BLUR_SIGMA = no blur)
     window: np.ndarray      # (n,) int32 odd blur window: the config's kernel, cut at 4 sigma (1 = no blur)
     noise: np.ndarray       # (n,) float32: noise std on [0, 1] intensities for this view (0 = none)
+    brightness_first: np.ndarray  # (n,) bool: ColorJitter's order for this view (torchvision permutes its steps)
 
     def roi(self) -> tuple[np.ndarray, np.ndarray]:
         """DALI resize ROI (start, end) in (y, x) float32; end < start in x flips the view horizontally."""
@@ -84,8 +86,17 @@ def draw(config: AugmentConfig, seed: int, n: int, height: int, width: int) -> V
     sigma = rng.uniform(c.blur_sigma[0], c.blur_sigma[1], n)
     sigma = np.where(rng.random(n) < c.blur_p, sigma, NO_BLUR_SIGMA).astype(np.float32)
     noise = np.where(rng.random(n) < c.noise_p, c.noise_std, 0.0).astype(np.float32)
+    brightness_first = rng.random(n) < 0.5  # drawn last: the draws above are those of the earlier releases
     return ViewParams(crop=crop, flip=flip, brightness=brightness, contrast=contrast, sigma=sigma,
-                      window=blur_window(sigma, c.blur_kernel), noise=noise)
+                      window=blur_window(sigma, c.blur_kernel), noise=noise, brightness_first=brightness_first)
+
+
+def draw_groups(config: AugmentConfig, key_of, b: int, height: int, width: int) -> list[ViewParams]:
+    """Parameters of every view group of a batch of b images: group g's count * b views (view k of image i at
+    k * b + i). `key_of(*extra)` is the batch's key with `extra` appended: group 0 (the large views) draws from
+    key_of() as before groups existed, group g > 0 from key_of(2, g), with its own size and scale."""
+    return [draw(config.for_group(g), key_of(2, g) if g else key_of(), group.count * b, height, width)
+            for g, group in enumerate(config.groups)]
 
 
 def blur_window(sigma: np.ndarray, kernel: int) -> np.ndarray:

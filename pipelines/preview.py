@@ -36,7 +36,7 @@ def views_by_kind(store, n: int, seed: int, config: AugmentConfig) -> dict[str, 
             out[kind] = str(e)
             continue
         loader.set_epoch(0)
-        v1, v2 = next(iter(loader))
+        v1, v2, *_ = next(iter(loader))  # the two large views (a config's small views are left out)
         out[kind] = tuple((v[:, 0].cpu().numpy() * config.std + config.mean) for v in (v1, v2))
         loader.close()
     return out

@@ -15,6 +15,7 @@ SMALL_HEADS = {
     "simclr": dict(proj_hidden_dim=32, proj_out_dim=16),
     "byol": dict(proj_hidden_dim=32, proj_out_dim=16, pred_hidden_dim=32),
     "vicreg": dict(expander_dim=32),
+    "multicrop-simclr": dict(proj_hidden_dim=32, proj_out_dim=16),
 }
 
 
@@ -90,6 +91,23 @@ def test_recipes_name_their_source(name):
     recipe = METHODS[name].recipe
     assert recipe["optimizer"] == "lars" and recipe["lr_scaling"] == "linear/256"
     assert {"base_lr", "weight_decay", "warmup_epochs", "paper"} <= recipe.keys()
+
+
+def test_multicrop_simclr_uses_every_view_and_the_others_only_the_large_pair():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    large = list(torch.randn(2, 4, 1, 64, 64, generator=gen))
+    small = [t.requires_grad_() for t in torch.randn(3, 4, 1, 32, 32, generator=gen)]
+    backbone, dim = build_backbone("resnet18")
+    multi = build_method("multicrop-simclr", backbone, dim, **SMALL_HEADS["multicrop-simclr"])
+    multi(*large, *small).backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in small)
+    with torch.no_grad():  # with no small views it is SimCLR, loss for loss
+        simclr = build_method("simclr", backbone, dim, **SMALL_HEADS["simclr"])
+        simclr.load_state_dict(multi.state_dict())
+        assert torch.allclose(multi(*large), simclr(*large))
+        assert torch.equal(simclr(*large), simclr(*large, *small))  # SimCLR ignores the small views
+        assert not torch.allclose(multi(*large, *small), multi(*large))
 
 
 def test_build_method_errors():

@@ -20,16 +20,21 @@ from training import distributed
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """--aug FIELD=VALUE items -> AugmentConfig keyword arguments (a comma makes a pair)."""
+    """--aug FIELD=VALUE items -> AugmentConfig keyword arguments (a comma makes a pair). small_views takes view
+    groups COUNTxSIZE:LO,HI separated by '+', e.g. small_views=6x96:0.05,0.14."""
     from dataclasses import fields
 
     from pipelines import AugmentConfig
+    from pipelines.config import ViewGroup
     known = {f.name for f in fields(AugmentConfig)} - {"crop_size"}
     out = {}
     for item in items:
         name, _, value = item.partition("=")
         if name not in known or not value:
             raise ValueError(f"--aug {item!r}: use FIELD=VALUE with FIELD one of {', '.join(sorted(known))}")
+        if name == "small_views":
+            out[name] = tuple(ViewGroup.parse(g) for g in value.split("+"))
+            continue
         nums = tuple(float(v) for v in value.split(","))
         out[name] = nums if len(nums) > 1 else (int(nums[0]) if name == "blur_kernel" else nums[0])
     return out

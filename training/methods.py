@@ -1,8 +1,10 @@
-"""SSL methods (SimCLR, BYOL, VICReg) behind one interface, for the training loop.
+"""SSL methods (SimCLR, BYOL, VICReg, multi-crop SimCLR) behind one interface, for the training loop.
 
 Every method is an ``nn.Module`` with:
 
-- ``forward(view1, view2) -> loss``: views (B, 1, H, W); a scalar tensor.
+- ``forward(view1, view2, *small_views) -> loss``: views (B, 1, H, W), as a loader yields them (the two large views
+  first, then any small ones: ``AugmentConfig.small_views``); a scalar tensor. SimCLR, BYOL and VICReg use the two
+  large views and ignore the rest; multi-crop SimCLR uses them all.
 - ``backbone``: the encoder (``training.model.build_backbone``); save ``method.backbone.state_dict()``.
 - ``update_target(step, total_steps)``: call after each ``optimizer.step()``; a no-op except for BYOL.
 - ``trainable_parameters()``: what the optimizer gets (``training.lars.param_groups_for`` uses it).
@@ -91,10 +93,37 @@ class SimCLR(SSLMethod):
         self.temperature = temperature
         self.gather = gather
 
-    def forward(self, view1: Tensor, view2: Tensor) -> Tensor:
+    def forward(self, view1: Tensor, view2: Tensor, *small_views: Tensor) -> Tensor:
         z1 = self.projector(self.backbone(view1))
         z2 = self.projector(self.backbone(view2))
         return nt_xent_loss(z1, z2, self.temperature, gather=self.gather)
+
+
+class MultiCropSimCLR(SimCLR):
+    """SimCLR with multi-crop (Caron et al. 2020, SwAV, Section 3.2 'Multi-crop: augmenting views with smaller
+    images', which also applies it to SimCLR): two large views and small ones, the crops of SwAV's ImageNet recipe
+    (facebookresearch/swav main_swav.py: 2 x 224 at scale (0.14, 1), 6 x 96 at (0.05, 0.14)):
+    ``--aug small_views=6x96:0.05,0.14 --aug scale=0.14,1``.
+
+    As in SwAV (its ``crops_for_assign``: the two large crops), only the large views serve as targets: the loss is
+    the mean NT-Xent over the pair of large views and over every (small view, large view) pair; small views are never
+    compared with each other. The small views of one
+    size go through the network in one pass. Head, temperature and optimizer recipe: SimCLR's. With no small views
+    it is SimCLR.
+    """
+
+    recipe = dict(SimCLR.recipe, multi_crop="2 x 224 at scale (0.14, 1) + 6 x 96 at (0.05, 0.14)",
+                  paper="SwAV (Caron et al. 2020), Section 3.2 (multi-crop) and main_swav.py; SimCLR's recipe")
+
+    def forward(self, view1: Tensor, view2: Tensor, *small_views: Tensor) -> Tensor:
+        large = [self.projector(self.backbone(v)) for v in (view1, view2)]
+        small: list[Tensor] = []
+        for size in dict.fromkeys(v.shape[-1] for v in small_views):  # one pass per size, in order
+            same = [v for v in small_views if v.shape[-1] == size]
+            small += self.projector(self.backbone(torch.cat(same))).chunk(len(same))
+        losses = [nt_xent_loss(large[0], large[1], self.temperature, gather=self.gather)]
+        losses += [nt_xent_loss(z, t, self.temperature, gather=self.gather) for z in small for t in large]
+        return torch.stack(losses).mean()
 
 
 class BYOL(SSLMethod):
@@ -135,7 +164,7 @@ class BYOL(SSLMethod):
     def target_modules(self) -> tuple[nn.Module, ...]:
         return (self.target_backbone, self.target_projector)
 
-    def forward(self, view1: Tensor, view2: Tensor) -> Tensor:
+    def forward(self, view1: Tensor, view2: Tensor, *small_views: Tensor) -> Tensor:
         p1 = self.predictor(self.projector(self.backbone(view1)))
         p2 = self.predictor(self.projector(self.backbone(view2)))
         with torch.no_grad():
@@ -191,13 +220,14 @@ class VICReg(SSLMethod):
         self.coeffs = dict(sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff)
         self.gather = gather
 
-    def forward(self, view1: Tensor, view2: Tensor) -> Tensor:
+    def forward(self, view1: Tensor, view2: Tensor, *small_views: Tensor) -> Tensor:
         z1 = self.expander(self.backbone(view1))
         z2 = self.expander(self.backbone(view2))
         return vicreg_loss(z1, z2, **self.coeffs, gather=self.gather)
 
 
-METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "byol": BYOL, "vicreg": VICReg}
+METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "byol": BYOL, "vicreg": VICReg,
+                                       "multicrop-simclr": MultiCropSimCLR}
 
 
 def build_method(name: str, backbone: nn.Module, feat_dim: int, **overrides: Any) -> SSLMethod:

@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-METHODS = ("simclr", "byol", "vicreg")
+METHODS = ("simclr", "byol", "vicreg", "multicrop-simclr")
 # per-invocation flags: never taken from a --config file, never compared on --resume
 NOT_FROM_CONFIG = ("config", "resume", "overwrite", "allow_changes", "stop_after")
 DEFAULTS = {"arch": "resnet50", "batch_size": 256, "crop_size": 224, "checkpoint_every": 1000, "log_every": 20}
