@@ -12,29 +12,30 @@ old statistics were noisy. So:
     invariance to crops and jitter is what makes neighbours share findings, so the kNN margin is the signal of
     learning, the standard SSL monitor (solo-learn, lightly, DINO all report it). The linear AUC must rise too.
   - Smaller and shorter, so that it fits the suite's time: a 64 px store, 32 px views, batch 64, 300 steps
-    (0.28 s a step on an idle 2-core machine), the opencv loader (the CPU default). Features are probed at 96 px
-    (the 64 px store upsampled): at 64 px the weakest seed's margin was +0.12, at 96 px +0.21.
+    (0.28 s a step on an idle 2-core Zen 4, about 1 s on a 2-vCPU Zen 3), the opencv loader (the CPU default).
+    Features are probed at 96 px (the 64 px store upsampled): at 64 px the weakest seed's margin was +0.12, at 96 px
+    +0.21.
 
-Measured with exactly this test's settings, on a 2-core AMD EPYC (Zen 4, AVX-512), torch 2.14.1, kNN AUC at 96 px
-over 5 patient folds. Rows marked * are this test itself (`LEARNING_CHECK_SEED=S pytest
-tests/test_training_learning.py -s`, the JSON line it prints); the others are the previous session's harness (the
-same training command and the same `cross_validated` on its saved encoders):
+Measured with exactly this test's settings, torch 2.14.1, kNN AUC at 96 px over 5 patient folds, on two processors:
+rows marked * are this test itself (`LEARNING_CHECK_SEED=S pytest tests/test_training_learning.py -s`, the JSON line
+it prints) on a 2-vCPU AMD EPYC Zen 3 (AVX2, no AVX-512); the others ran on a 2-core AMD EPYC Zen 4 (AVX-512) with a
+harness (the same training command and the same `cross_validated` on its saved encoders):
 
 | combination                                   | seed | kNN AUC pre / rand  | margin | linear AUC margin |
 |-----------------------------------------------|------|---------------------|--------|-------------------|
-| native AVX-512, 2 threads *                   | 0    | 0.748 / 0.548       | +0.20  | +0.10             |
-| native AVX-512, 2 threads *                   | 1    | 0.781 / 0.569       | +0.21  | +0.11             |
-| native AVX-512, 2 threads                     | 1    | 0.795 / 0.569       | +0.23  |                   |
-| native AVX-512, 2 threads                     | 2    | 0.861 / 0.654       | +0.21  | +0.04             |
-| OMP_NUM_THREADS=1                             | 0    | 0.822 / 0.548       | +0.27  |                   |
-| ATEN_CPU_CAPABILITY=default, 2 threads        | 1    | 0.822 / 0.569       | +0.25  |                   |
-| ATEN_CPU_CAPABILITY=default, OMP 1 thread *   | 1    | 0.864 / 0.569       | +0.29  | +0.16             |
-| ATEN_CPU_CAPABILITY=default, OMP 1 thread *   | 0    | passed in the emulated full suite (not printed)        |
-| ONEDNN_MAX_CPU_ISA=AVX2                       | 0    | 0.843 / 0.548       | +0.30  |                   |
-| ONEDNN_MAX_CPU_ISA=AVX2                       | 1    | 0.807 / 0.569       | +0.24  | +0.14             |
+| Zen 3 native (AVX2), 2 threads *              | 0    | 0.748 / 0.548       | +0.20  | +0.10             |
+| Zen 3 native (AVX2), 2 threads *              | 1    | 0.781 / 0.569       | +0.21  | +0.11             |
+| Zen 4 native (AVX-512), 2 threads            | 1    | 0.795 / 0.569       | +0.23  |                   |
+| Zen 4 native (AVX-512), 2 threads            | 2    | 0.861 / 0.654       | +0.21  | +0.04             |
+| Zen 4, OMP_NUM_THREADS=1                      | 0    | 0.822 / 0.548       | +0.27  |                   |
+| Zen 4, ATEN_CPU_CAPABILITY=default, 2 threads | 1    | 0.822 / 0.569       | +0.25  |                   |
+| Zen 3, ATEN default, OMP 1 thread *           | 1    | 0.864 / 0.569       | +0.29  | +0.16             |
+| Zen 3, ATEN default, OMP 1 thread *           | 0    | passed in the emulated full suite (not printed)        |
+| Zen 4, ONEDNN_MAX_CPU_ISA=AVX2                | 0    | 0.843 / 0.548       | +0.30  |                   |
+| Zen 4, ONEDNN_MAX_CPU_ISA=AVX2                | 1    | 0.807 / 0.569       | +0.24  | +0.14             |
 
-(At a 64 px probe, ten runs over seeds 0-2 and these kernel choices, ATEN_CPU_CAPABILITY=avx2 included, gave kNN
-margins +0.12 to +0.32 and linear margins +0.05 to +0.16.) The test asks for +0.10 on the kNN AUC (half the lowest
+(At a 64 px probe, ten runs on the Zen 4 over seeds 0-2 and these kernel choices, ATEN_CPU_CAPABILITY=avx2
+included, gave kNN margins +0.12 to +0.32 and linear margins +0.05 to +0.16.) The test asks for +0.10 on the kNN AUC (half the lowest
 measured margin) and a linear AUC above random init's (every measured margin is positive, the lowest +0.04), and a
 falling loss.
 """
