@@ -35,9 +35,9 @@ harness (the same training command and the same `cross_validated` on its saved e
 | Zen 4, ONEDNN_MAX_CPU_ISA=AVX2                | 1    | 0.807 / 0.569       | +0.24  | +0.14             |
 
 (At a 64 px probe, ten runs on the Zen 4 over seeds 0-2 and these kernel choices, ATEN_CPU_CAPABILITY=avx2
-included, gave kNN margins +0.12 to +0.32 and linear margins +0.05 to +0.16.) The test asks for +0.10 on the kNN AUC (half the lowest
-measured margin) and a linear AUC above random init's (every measured margin is positive, the lowest +0.04), and a
-falling loss.
+included, gave kNN margins +0.12 to +0.32 and linear margins +0.05 to +0.16.) The test asks for +0.10 on the kNN
+AUC (half the lowest measured margin), a linear AUC above random init's (every measured margin is positive, the
+lowest +0.04), and a falling loss.
 """
 from __future__ import annotations
 
