@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FIGURES = ("images_per_s", "images_per_s_per_core", "per_core_ratio_vs_torchvision", "step_ms_p50", "step_ms_p95", "cpu_cores_busy", "gpu_util_mean",
-           "gpu_util_p10", "gpu_mem_used_max_mib", "workers_private_dirty_mib", "time_to_first_batch_s", "ratio_vs_torchvision")
+FIGURES = ("images_per_s", "images_per_s_per_core", "per_core_ratio_vs_torchvision", "step_ms_p50", "step_ms_p95",
+           "cpu_cores_busy", "gpu_util_mean", "gpu_util_p10", "gpu_mem_used_max_mib", "workers_private_dirty_mib",
+           "time_to_first_batch_s", "ratio_vs_torchvision")
 TRAIN_FIGURES = ("data_wait_frac", "ratio_to_ceiling")
-NULLABLE = {"gpu_util_mean", "gpu_util_p10", "gpu_mem_used_max_mib", "ratio_vs_torchvision", "per_core_ratio_vs_torchvision",
-            "ratio_to_ceiling"}
+NULLABLE = {"gpu_util_mean", "gpu_util_p10", "gpu_mem_used_max_mib", "ratio_vs_torchvision",
+            "per_core_ratio_vs_torchvision", "ratio_to_ceiling"}
 
 _num = {"type": "number"}
 _num_or_null = {"type": ["number", "null"]}
@@ -77,8 +78,9 @@ def line(r: dict) -> str:
 
 
 def table(doc: dict) -> str:
-    head = ("| mode | loader | images/s | x torchvision | per core | x torchvision per core | x ceiling | wait for data | step p50 / p95 ms | CPU cores "
-            "busy | GPU util % | GPU mem MiB | workers' private MiB | first batch s |")
+    head = ("| mode | loader | images/s | x torchvision | per core | x torchvision per core | x ceiling "
+            "| wait for data | step p50 / p95 ms | CPU cores busy | GPU util % | GPU mem MiB | workers' private MiB "
+            "| first batch s |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in doc["results"]:
         if "skipped" in r:
@@ -93,8 +95,8 @@ def table(doc: dict) -> str:
             f"{r['workers_private_dirty_mib']:.0f} | {r['time_to_first_batch_s']:.2f} |")
     if doc["sweep"]:
         rows += ["", "| loader | workers | images/s | CPU cores busy |", "|---|---|---|---|"]
-        rows += [f"| {s['loader']} | {s['workers']} | {_fmt(s['images_per_s'])} | {_fmt(s.get('cpu_cores_busy'), '.2f')}"
-                 " |" for s in doc["sweep"]]
+        rows += [f"| {s['loader']} | {s['workers']} | {_fmt(s['images_per_s'])} "
+                 f"| {_fmt(s.get('cpu_cores_busy'), '.2f')} |" for s in doc["sweep"]]
     return "\n".join(rows)
 
 
