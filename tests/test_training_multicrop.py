@@ -2,7 +2,10 @@
 cross-validated over patient folds, against the run's own random initialisation), for several seeds, with two large
 views and four small ones (SwAV's multi-crop scaled down to the test's 32 px views: 2 x 32 at scale (0.3, 1) and
 4 x 16 at (0.05, 0.3)). Marked slow: minutes a seed on a 2-core machine. And two gloo ranks training multi-crop
-SimCLR under torchrun cover every selected slot once per epoch, as the two-view run does."""
+SimCLR under torchrun cover every selected slot once per epoch, as the two-view run does.
+
+Measured (2-vCPU Zen 3, idle, about 15 min): seed 0 kNN AUC 0.708 vs 0.548 for random init (+0.16), linear AUC 0.854
+vs 0.761. Seed 1 not yet measured."""
 from __future__ import annotations
 
 import json
