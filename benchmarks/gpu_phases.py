@@ -163,7 +163,8 @@ def _pytest(a, s):
                                                                             "skipped")}
     failed = [f"{c.get('classname')}::{c.get('name')}" for c in root.iter("testcase")
               if c.find("failure") is not None or c.find("error") is not None]
-    s.write("pytest -m gpu", "ok" if rc in (0, 5) else "failed", rc=rc, passed=n["tests"] - n["failures"] -
+    # exit 5 is no test collected: the marks broke, a failure
+    s.write("pytest -m gpu", "ok" if rc == 0 else "failed", rc=rc, passed=n["tests"] - n["failures"] -
             n["errors"] - n["skipped"], failed=n["failures"], errors=n["errors"], skipped=n["skipped"],
             failed_tests=failed[:20])
 
@@ -195,6 +196,8 @@ def _pretrain(a, s):
                 gpu_util_mean=mean("gpu_util"), seconds=round(time.perf_counter() - t0, 1),
                 checkpoint_mib=round((out / "checkpoint.pt").stat().st_size / 2**20, 1) if
                 (out / "checkpoint.pt").exists() else None, cuda=torch.cuda.is_available())
+    if rc == 143:  # the phase's time is up (SIGTERM reached pretrain's own handler): nothing more in this phase
+        raise Stopped()
 
 
 def _long(a, s):

@@ -6,6 +6,7 @@ after each; the chart is drawn at the end of the train phase."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 def _bench_args(a, *, workers=None, batch=None, steps=None):
@@ -41,14 +42,19 @@ def _runs(a, s, mode: str, runs):
                 f.write(json.dumps(r) + "\n")
             doc = report.assemble(args, store, [dict(x) for x in done], [], machine([sys.executable, "-m",
                                   "benchmarks.gpu_phases", *sys.argv[1:]]))
-            a.out.mkdir(parents=True, exist_ok=True)
-            (a.out / "loader_throughput.json").write_text(json.dumps(doc, indent=1))
+            a.out.mkdir(parents=True, exist_ok=True)  # a cut (Stopped) mid-write leaves the last whole file
+            tmp = a.out / "loader_throughput.json.tmp"
+            tmp.write_text(json.dumps(doc, indent=1))
+            os.replace(tmp, a.out / "loader_throughput.json")
             mine = next(x for x in reversed(doc["results"]) if x["loader"] == name and x["mode"] == mode)
             return ({"skipped": r["skipped"]} if "skipped" in r else
                     {k: mine.get(k) for k in FIGURES if k in mine})
         s.measure(name, one)
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    doc = json.loads((a.out / "loader_throughput.json").read_text())
+    path = a.out / "loader_throughput.json"
+    if not path.exists():  # every item failed before its first result: their lines say why
+        return None
+    doc = json.loads(path.read_text())
     if mode == "train":  # the chart of both modes, once (matplotlib costs seconds); the JSON has it all before
         report.chart(doc, a.out / "loader_throughput.png")
     return doc
@@ -68,7 +74,7 @@ def loader(a, s):
              lambda st, args, kind=kind, res=res: run_one(st, kind, "loader", args, device, gpu, None, res))
             for kind, res in (("dali-gpu", True), ("dali-gpu", False), ("torchvision", False), ("opencv", False))]
     doc = _runs(a, s, "loader", runs)
-    rows = [r for r in doc["results"] if r["mode"] == "loader" and "skipped" not in r]
+    rows = [r for r in (doc or {}).get("results", []) if r["mode"] == "loader" and "skipped" not in r]
     s.write("ratios", "ok", x_torchvision={r["loader"]: r["ratio_vs_torchvision"] for r in rows})
 
 
@@ -82,7 +88,7 @@ def train(a, s):
                                                                                               "torchvision")]
     runs += [("ceiling (end)", lambda st, ar: ceiling(st, ar, device, step, gpu))]  # did the GPU's clock drift?
     doc = _runs(a, s, "train", runs)
-    rows = {r["loader"]: r for r in doc["results"] if r["mode"] == "train" and "skipped" not in r}
+    rows = {r["loader"]: r for r in (doc or {}).get("results", []) if r["mode"] == "train" and "skipped" not in r}
     top = [rows[k]["images_per_s"] for k in ("ceiling", "ceiling (end)") if k in rows]
     s.write("ratios", "ok", ceiling_drift=top[-1] / top[0] if len(top) == 2 else None,
             x_mean_ceiling={k: r["images_per_s"] / (sum(top) / len(top)) for k, r in rows.items()} if top else {})

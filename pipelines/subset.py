@@ -30,8 +30,9 @@ class Subset:
     split: str | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "views", tuple(v.strip().upper() for v in self.views if v.strip()))
-        object.__setattr__(self, "datasets", tuple(d.strip().lower() for d in self.datasets if d.strip()))
+        views, datasets = ((v,) if isinstance(v, str) else v for v in (self.views, self.datasets))  # "PA" is one
+        object.__setattr__(self, "views", tuple(v.strip().upper() for v in views if v.strip()))
+        object.__setattr__(self, "datasets", tuple(d.strip().lower() for d in datasets if d.strip()))
         if self.split is not None and self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)} (or None for any), got {self.split!r}")
 

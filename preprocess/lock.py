@@ -1,4 +1,5 @@
-"""One writer per store: an exclusive `flock` on STORE/.lock, held for the whole run, holding the holder's pid.
+"""One writer per folder (a store, or a training run's folder): an exclusive `flock` on FOLDER/.lock, held for the
+whole run, holding the holder's pid.
 
 The kernel drops the lock when the holder dies (kill -9, a crash), so a stale `.lock` file never blocks: the next
 run locks it and writes its own pid. Worker processes close their inherited copy of the descriptor, so only the

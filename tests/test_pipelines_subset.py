@@ -48,6 +48,7 @@ def test_selection_by_view_dataset_and_split():
     assert select_slots(store, None) is None and select_slots(store, Subset()) is None  # nothing read, no mapping
     assert select_slots(store, Subset(views=("PA", "AP"))).tolist() == [0, 1, 3, 5]  # case-insensitive
     assert select_slots(store, Subset(views=("pa",), datasets=("PadChest",))).tolist() == [3]
+    assert Subset(views="PA", datasets="nih") == Subset(views=("PA",), datasets=("nih",))  # a bare name is one name
     assert select_slots(store, Subset(datasets=("nih",), split="train")).tolist() == [0, 5]
     assert select_slots(store, Subset(split="test")).tolist() == [1]
     with pytest.raises(ValueError) as e:

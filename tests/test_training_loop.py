@@ -111,6 +111,10 @@ def test_schedule_warms_up_linearly_then_decays_to_zero():
 def test_store_and_checkpoint_errors_are_one_line(tiny_store, tmp_path, capsys):
     assert run(tiny_store, tmp_path, "--loader", "opencv", "--aug", "nosuch=1") == 2
     assert "--aug" in capsys.readouterr().err
+    for bad, says in (("scale=0.5", "two numbers"), ("flip_p=0.2,0.3", "one number"), ("noise_std=x", "one number")):
+        assert run(tiny_store, tmp_path, "--loader", "opencv", "--aug", bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --aug '{bad}'") and says in err and "\n" not in err, err
     assert main(["--store", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "no store at" in capsys.readouterr().err
     assert run(tiny_store, tmp_path, "--loader", "opencv", "--resume", str(tmp_path / "missing.pt")) == 2

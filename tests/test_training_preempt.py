@@ -97,6 +97,28 @@ def test_sigterm_sigint_and_kill_9_then_resume_give_the_uninterrupted_run(tiny_s
     assert losses(out) == pytest.approx(uninterrupted, rel=1e-5, abs=1e-6)
 
 
+def test_a_second_launch_into_a_running_runs_folder_is_refused_and_the_first_goes_on(tiny_store, tmp_path):
+    """Two writers in one folder (a requeued job started while the old one still drains): the second, the same
+    command, is refused in one line naming the holder, before it writes anything; the first is not disturbed."""
+    out, long = tmp_path / "run", ("--steps", 100000, "--resume")
+    first = spawn(tiny_store, out, *long)
+    wait_for_step(first, out, 2)
+    second = subprocess.run([sys.executable, "-m", "training.pretrain", *argv(tiny_store, out, *long)],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    at = len(steps_logged(out))
+    assert second.returncode == 2, second.stderr[-3000:]
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {out} is being written by another run (pid {first.pid}): wait for it to finish, "
+                      f"or stop it (kill {first.pid}), then rerun"], second.stderr[-3000:]
+    assert "Traceback" not in second.stderr
+    wait_for_step(first, out, at + 2)  # still training
+    os.killpg(first.pid, signal.SIGTERM)
+    assert first.wait(timeout=300) == 143, stderr_of(first)
+    stopped = ckpt.load(out)["step"]
+    assert steps_logged(out) == list(range(1, stopped + 1)) and stopped >= at + 2
+    assert not (out / ".lock").exists()  # the holder removes it when its run ends
+
+
 def test_a_killed_loader_worker_is_one_line_naming_memory_and_keeps_the_checkpoint(tiny_store, tmp_path):
     out = tmp_path / "run"
     proc = spawn(tiny_store, out, "--checkpoint-every", 2)

@@ -13,6 +13,7 @@ from datetime import datetime
 import pytest
 import torch
 
+from pipelines.factory import best_kind
 from tests.training_fixtures import tiny_store  # noqa: F401  (fixture)
 from training import checkpoint as ckpt
 from training.options import parse_args
@@ -43,7 +44,7 @@ def test_a_new_run_into_a_run_folder_is_refused_and_overwrite_starts_again(tiny_
     out = tmp_path / "run"
     assert run(tiny_store, out, "--steps", 3, "--log-every", 1) == 0
     err = capsys.readouterr().err
-    assert "loader opencv" in err  # the main job's default on a CPU machine: the fastest loader measured
+    assert f"loader {best_kind()} " in err  # the main job's default: the fastest loader measured (opencv on CPU)
     before = (out / "metrics.jsonl").read_text()
     assert run(tiny_store, out, "--steps", 2, "--log-every", 1) == 2
     err = capsys.readouterr().err.strip()
@@ -58,6 +59,22 @@ def test_a_new_run_into_a_run_folder_is_refused_and_overwrite_starts_again(tiny_
     # stderr is not a terminal here: plain progress lines, no carriage-return bar
     err = capsys.readouterr().err
     assert "step 1/2 epoch 0 loss" in err and "step 2/2" in err and "\r" not in err
+
+
+def test_another_runs_checkpoint_resumes_only_into_a_folder_without_a_run(finished_run, tiny_store, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "other"
+    assert run(tiny_store, out, "--steps", 3, "--log-every", 1) == 0
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.jsonl", "args.json")}
+    capsys.readouterr()
+    assert run(tiny_store, out, "--steps", 4, "--log-every", 1, "--resume", finished_run / ckpt.CHECKPOINT) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a run" in err and "another run's checkpoint" in err and "\n" not in err, err
+    assert {name: (out / name).read_bytes() for name in before} == before  # nothing of the other run touched
+    fork = tmp_path / "fork"  # into an empty folder: the run continues there, its own folder untouched
+    assert run(tiny_store, fork, "--steps", 4, "--log-every", 1, "--resume", finished_run) == 0
+    assert ckpt.load(fork)["step"] == 4 and ckpt.load(finished_run)["step"] == 2
+    assert [r["step"] for r in records(fork)] == [3, 4] and not (fork / ".lock").exists()
 
 
 def test_a_bare_resume_in_an_empty_folder_starts_the_run_with_time_based_checkpoints(tiny_store, tmp_path, capsys,

@@ -35,8 +35,14 @@ def parse_overrides(items: list[str]) -> dict:
         if name == "small_views":
             out[name] = tuple(ViewGroup.parse(g) for g in value.split("+"))
             continue
-        nums = tuple(float(v) for v in value.split(","))
-        out[name] = nums if len(nums) > 1 else (int(nums[0]) if name == "blur_kernel" else nums[0])
+        pair = isinstance(getattr(AugmentConfig(), name), tuple)
+        try:
+            nums = tuple(float(v) for v in value.split(","))
+        except ValueError:
+            nums = ()
+        if len(nums) != (2 if pair else 1):
+            raise ValueError(f"--aug {item!r}: {name} takes {'two numbers, LO,HI' if pair else 'one number'}")
+        out[name] = nums if pair else (int(nums[0]) if name == "blur_kernel" else nums[0])
     return out
 
 

@@ -85,6 +85,7 @@ def _run(args, d) -> int:
     if args.out is None:
         args.out = Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
+        seen = runs.stamp(args.out)
         mode = runs.check_folder(args.out, args.resume, args.overwrite)
         saved = ckpt.load(args.out if args.resume == "auto" else args.resume) if mode == "resume" else None
         if args.resume == "auto" and saved is None and d.main:
@@ -118,9 +119,10 @@ def _run(args, d) -> int:
         state.update(step=saved["step"], epoch=saved["epoch"], batch=saved["batch"])
         ckpt.set_rng_state(saved["rng"])
         run_id, elapsed = saved.get("run_id") or run_id, float(saved.get("elapsed_s", 0.0))
+    lock = None
     try:
         if d.main:
-            args.out.mkdir(parents=True, exist_ok=True)
+            lock = runs.claim(args.out, args.resume, args.overwrite, mode, seen)  # released when the run ends
             if mode == "overwrite":
                 runs.clear(args.out)
         distributed.barrier()
@@ -129,8 +131,17 @@ def _run(args, d) -> int:
                      resume_step=state["step"] if saved is not None else None, elapsed=elapsed)
     except ValueError as e:
         err(e)
+        if lock is not None:
+            lock.release()
         return 2
+    try:
+        return _start(args, d, run, state, log, saved, sig, run_id, total)
+    finally:
+        if lock is not None:
+            lock.release(remove=True)
 
+
+def _start(args, d, run, state, log, saved, sig, run_id, total) -> int:
     def save(st) -> None:
         if d.main:
             ckpt.save({"method": run.method.state_dict(), "optimizer": run.opt.state_dict(), "step": st["step"],

@@ -3,6 +3,10 @@
 A folder holds a run when it has any of RUN_FILES. Starting there needs --resume (continue) or --overwrite
 (remove them and start again); otherwise `check_folder` refuses in one line naming both. A bare --resume in a
 folder with no checkpoint yet starts the run, so one command serves a job's first launch and its requeues.
+--resume CKPT of another run continues it into --out only if --out holds no run. One process writes a folder at a
+time: `claim` takes an exclusive lock on OUT/.lock (preprocess.lock's, the store's writer lock) for the whole run, so
+a second launch into the same folder (a requeued job while the old one still drains) is refused in one line with
+the holder's pid, and it checks that nobody changed the folder between the decision and the lock.
 
 The signature is what gives a run its meaning: the store (its store.json's digest, so a copied or moved store is
 the same store, and its size), the subset trained on, method, arch, batch size, world size, total and warmup
@@ -16,6 +20,7 @@ import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
+from preprocess.lock import WriterLock
 from training.checkpoint import CHECKPOINT, ENCODER
 
 RUN_FILES = (CHECKPOINT, ENCODER, "metrics.jsonl", "args.json")
@@ -30,12 +35,43 @@ def check_folder(out: Path, resume: str | None, overwrite: bool) -> str:
     held = holds_run(out)
     if resume == "auto":
         return "resume" if (Path(out) / CHECKPOINT).exists() else "new"
+    if resume and held and not _is_own(resume, out):
+        raise ValueError(f"{out} already holds a run ({', '.join(held)}) and --resume {resume} is another run's "
+                         "checkpoint: continue that run in its own folder, or into an empty --out")
     if resume:
         return "resume"
     if held and not overwrite:
         raise ValueError(f"{out} already holds a run ({', '.join(held)}): pass --resume to continue it, or "
                          "--overwrite to start again (its files are removed)")
     return "overwrite" if held else "new"
+
+
+def _is_own(resume: str, out: Path) -> bool:
+    path = Path(resume) / CHECKPOINT if Path(resume).is_dir() else Path(resume)
+    return path.resolve() == (Path(out) / CHECKPOINT).resolve()
+
+
+def stamp(out: Path) -> tuple | None:
+    """The folder's checkpoint as (inode, mtime): every save is a new file renamed into place, so it changes."""
+    try:
+        s = (Path(out) / CHECKPOINT).stat()
+    except FileNotFoundError:
+        return None
+    return s.st_ino, s.st_mtime_ns
+
+
+def claim(out: Path, resume: str | None, overwrite: bool, mode: str, seen: tuple | None) -> WriterLock:
+    """Lock the run folder for this process (creating it) and check that it is as it was when `mode` was decided
+    (`seen`: its checkpoint's stamp then); ValueError in one line if another process holds it or changed it."""
+    lock = WriterLock(out).acquire()
+    try:
+        if check_folder(out, resume, overwrite) != mode or stamp(out) != seen:
+            raise ValueError(f"{out} changed while this run was starting (another process wrote to it): run the "
+                             "command again")
+    except ValueError:
+        lock.release()
+        raise
+    return lock
 
 
 def clear(out: Path) -> None:
