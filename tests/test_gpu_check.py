@@ -100,3 +100,44 @@ def test_a_phase_cut_short_keeps_its_lines_and_marks_the_item_in_progress(tmp_pa
     time.sleep(1)
     left = [p for p in psutil.process_iter(["cmdline"]) if str(work) in " ".join(p.info["cmdline"] or [])]
     assert not left, f"processes left behind: {[p.info['cmdline'] for p in left]}"
+
+
+def test_pytest_that_collects_nothing_is_a_failed_phase_item(tmp_path, monkeypatch):
+    """`pytest -m gpu` that finds no test (exit 5: the marks or the paths broke) is written as failed, not ok."""
+    import argparse
+
+    from benchmarks.gpu_phases import Summary, _pytest
+
+    monkeypatch.chdir(tmp_path)  # no tests/ here: a real pytest process that collects nothing
+    summary = tmp_path / "summary.jsonl"
+    _pytest(argparse.Namespace(work=tmp_path, marked_modules_only=True), Summary(summary, "pytest"))
+    (line,) = [json.loads(x) for x in summary.read_text().splitlines()]
+    assert (line["item"], line["status"], line["rc"], line["passed"]) == ("pytest -m gpu", "failed", 5, 0), line
+
+
+@pytest.mark.slow
+def test_a_long_phase_cut_during_its_pretrain_stops_there(tmp_path):
+    """SIGTERM to the `long` phase's process group while its pretrain trains: pretrain checkpoints and exits 143,
+    the phase writes the pretrain's line as `timeout` with what it measured, runs no sweep and exits 124."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    work, summary = tmp_path / "work", tmp_path / "summary.jsonl"
+    common = ["--summary", str(summary), "--out", str(tmp_path / "out"), "--work", str(work), "--base", "16",
+              "--slots", "32", "--batch", "4", "--crop", "32", "--workers", "2", "--arch", "resnet18"]
+    phase = [sys.executable, "-m", "benchmarks.gpu_phases"]
+    assert subprocess.run([*phase, "store", *common], env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen([*phase, "long", *common, "--pretrain-steps", "1000000"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not (work / "pretrain" / "args.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(5)  # into the training steps
+    os.killpg(proc.pid, signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    lines = [json.loads(line) for line in summary.read_text().splitlines() if '"phase": "long"' in line]
+    assert proc.returncode == 124, out[-3000:]
+    (line,) = lines  # the pretrain's line only: no sweep after a cut
+    assert line["item"].startswith("simclr resnet18") and (line["status"], line["rc"]) == ("timeout", 143), line
+    assert (work / "pretrain" / "checkpoint.pt").exists(), "pretrain's own SIGTERM checkpoint"

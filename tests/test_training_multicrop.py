@@ -6,7 +6,8 @@ SimCLR under torchrun cover every selected slot once per epoch, as the two-view 
 
 Measured: seed 0 (2-vCPU Zen 3, idle, about 15 min) kNN AUC 0.708 vs 0.548 for random init (+0.16), linear AUC
 0.854 vs 0.761, loss 5.43 -> 4.71; seed 1 (2-core Zen 4, 105 s) kNN AUC 0.784 vs 0.569 (+0.22), linear AUC 0.917 vs
-0.786, loss 5.40 -> 4.70."""
+0.786, loss 5.40 -> 4.70; seed 2 (the two-view check's hardest: the strongest random init; Zen 4, 194 s) kNN AUC
+0.821 vs 0.654 (+0.17), linear AUC 0.919 vs 0.881, loss 5.42 -> 4.69."""
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ MULTI_CROP_AUG = ["blur_sigma=0.1,0.5", "scale=0.3,1", "noise_std=0.02", "small_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_multicrop_simclr_beats_random_init(labelled_store, tmp_path, seed):  # noqa: F811
     aug = [a for item in MULTI_CROP_AUG for a in ("--aug", item)]
     run = tmp_path / "run"
