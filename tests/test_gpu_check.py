@@ -68,6 +68,17 @@ def test_dry_run_with_only_the_gpu_machines_packages(tmp_path):
     assert {(x["mode"], x["loader"]) for x in doc["results"]} >= {("loader", "opencv"), ("train", "ceiling (end)")}
 
 
+def _tiny_store_phase(tmp_path):
+    """The store phase at a tiny size; returns what the next phase's command needs."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    work, summary = tmp_path / "work", tmp_path / "summary.jsonl"
+    common = ["--summary", str(summary), "--out", str(tmp_path / "out"), "--work", str(work), "--base", "16",
+              "--slots", "32", "--batch", "4", "--crop", "32", "--workers", "2", "--arch", "resnet18"]
+    phase = [sys.executable, "-m", "benchmarks.gpu_phases"]
+    assert subprocess.run([*phase, "store", *common], env=env, capture_output=True).returncode == 0
+    return env, work, summary, common, phase
+
+
 @pytest.mark.slow
 def test_a_phase_cut_short_keeps_its_lines_and_marks_the_item_in_progress(tmp_path):
     """SIGTERM to the phase's process group, as `timeout` sends it, while the torchvision loader is being timed: the
@@ -77,12 +88,7 @@ def test_a_phase_cut_short_keeps_its_lines_and_marks_the_item_in_progress(tmp_pa
 
     import psutil
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    work, summary = tmp_path / "work", tmp_path / "summary.jsonl"
-    common = ["--summary", str(summary), "--out", str(tmp_path / "out"), "--work", str(work), "--base", "16",
-              "--slots", "32", "--batch", "4", "--crop", "32", "--workers", "2", "--arch", "resnet18"]
-    phase = [sys.executable, "-m", "benchmarks.gpu_phases"]
-    assert subprocess.run([*phase, "store", *common], env=env, capture_output=True).returncode == 0
+    env, work, summary, common, phase = _tiny_store_phase(tmp_path)
     proc = subprocess.Popen([*phase, "loader", *common, "--steps", "10000000", "--min-seconds", "0", "--warmup",
                              "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -122,12 +128,7 @@ def test_a_long_phase_cut_during_its_pretrain_stops_there(tmp_path):
     import signal
     import time
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    work, summary = tmp_path / "work", tmp_path / "summary.jsonl"
-    common = ["--summary", str(summary), "--out", str(tmp_path / "out"), "--work", str(work), "--base", "16",
-              "--slots", "32", "--batch", "4", "--crop", "32", "--workers", "2", "--arch", "resnet18"]
-    phase = [sys.executable, "-m", "benchmarks.gpu_phases"]
-    assert subprocess.run([*phase, "store", *common], env=env, capture_output=True).returncode == 0
+    env, work, summary, common, phase = _tiny_store_phase(tmp_path)
     proc = subprocess.Popen([*phase, "long", *common, "--pretrain-steps", "1000000"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 180
